@@ -1,0 +1,42 @@
+"""Checkpoint files: written atomically, read without unpickling arbitrary code."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from lightning_faces.errors import FacesError
+from lightning_faces.files import atomic_path
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Saves through a temporary file and a rename, so a run killed mid-save (preemption, a full
+    disk) leaves the previous checkpoint intact; loads with ``torch.load(weights_only=True)``,
+    which refuses pickled code: checkpoints from elsewhere cannot run anything on load."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return load_checkpoint(path, map_location)
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Reads a Lightning checkpoint holding only tensors and plain data; explains any refusal."""
+    path = Path(path)
+    if not path.is_file():
+        raise FacesError(f"checkpoint {path} does not exist (or is not a file)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise FacesError(
+            f"checkpoint {path} holds Python objects beyond tensors and plain data, which could run "
+            f"code when loaded, so it was not loaded ({str(error).splitlines()[0]})"
+        ) from error
+    except (RuntimeError, EOFError) as error:
+        raise FacesError(f"checkpoint {path} is damaged or not a PyTorch checkpoint: {error}") from error

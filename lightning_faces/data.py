@@ -1,0 +1,378 @@
+"""Face datasets and the LightningDataModules that serve them.
+
+Every dataset yields ``(image, attributes)``: image is uint8 (3, S, S), attributes float (A,) in
+{0, 1} (A = 40 for CelebA, 0 for a plain folder). Images stay uint8 until they reach the device,
+where ``on_after_batch_transfer`` scales them to [-1, 1] and flips them (cheap on any device, and
+it keeps the loader workers light).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from lightning_faces.errors import FacesError
+
+CELEBA_ATTRIBUTES = (
+    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose "
+    "Black_Hair Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee "
+    "Gray_Hair Heavy_Makeup High_Cheekbones Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard "
+    "Oval_Face Pale_Skin Pointy_Nose Receding_Hairline Rosy_Cheeks Sideburns Smiling Straight_Hair "
+    "Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young"
+).split()
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+Split = Literal["train", "valid", "test", "all"]
+_PARTITION_IDS = {"train": 0, "valid": 1, "test": 2}
+
+
+def crop_and_resize(image: Image.Image, image_size: int, crop: float) -> np.ndarray:
+    """Cuts the centred square of side ``crop * width`` and resizes it to (S, S, 3) uint8.
+
+    The box is in fractions of the image, so the official 178x218 CelebA images and half-size
+    copies give the same framing; PIL resamples from the fractional box directly (antialiased).
+    """
+    width, height = image.size
+    side = crop * width
+    left, top = (width - side) / 2, (height - side) / 2
+    box = (left, top, left + side, top + side)
+    face = image.convert("RGB").resize((image_size, image_size), Image.Resampling.LANCZOS, box=box)
+    return np.array(face, dtype=np.uint8)  # a writable copy that torch can share
+
+
+def load_face(path: Path, image_size: int, crop: float) -> torch.Tensor:
+    """Reads one image file into a (3, S, S) uint8 tensor; names the file if it is unreadable."""
+    try:
+        with Image.open(path) as image:
+            array = crop_and_resize(image, image_size, crop)
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise FacesError(f"cannot read image {path}: {error} (replace or delete the file)") from error
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+class CelebA(Dataset):
+    """CelebA in its own layout: ``<root>/celeba/{img_align_celeba/, list_eval_partition.txt,
+    list_attr_celeba.txt}`` (the layout torchvision uses; bbox and landmark files are not needed)."""
+
+    def __init__(self, root: str | Path, split: Split, image_size: int, crop: float) -> None:
+        self.folder = celeba_folder(root)
+        self.image_size, self.crop = image_size, crop
+        partition = _read_partition(self.folder / "list_eval_partition.txt")
+        names, attributes = _read_attributes(self.folder / "list_attr_celeba.txt")
+        keep = [i for i, name in enumerate(names) if split == "all" or partition.get(name) == _PARTITION_IDS[split]]
+        self.filenames = [names[i] for i in keep]
+        self.attributes = torch.from_numpy(attributes[keep]) if keep else torch.zeros(0, len(CELEBA_ATTRIBUTES))
+        self.attribute_names = CELEBA_ATTRIBUTES
+
+    def __len__(self) -> int:
+        return len(self.filenames)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        path = self.folder / "img_align_celeba" / self.filenames[index]
+        return load_face(path, self.image_size, self.crop), self.attributes[index]
+
+
+def celeba_folder(root: str | Path) -> Path:
+    """Checks the CelebA layout under ``root`` and returns ``root/celeba``, or says what is missing."""
+    root = Path(root).expanduser()
+    if root.is_file():
+        raise FacesError(f"data_dir {root} is a file, not a folder: point data.data_dir at the folder that holds celeba/")
+    folder = root / "celeba"
+    expected = ["img_align_celeba/", "list_eval_partition.txt", "list_attr_celeba.txt"]
+    missing = [name for name in expected if not (folder / name.rstrip("/")).exists()]
+    if missing:
+        raise FacesError(
+            f"CelebA not found: {folder} lacks {', '.join(missing)} (expected {', '.join(expected)}). "
+            "Get img_align_celeba.zip, list_eval_partition.txt and list_attr_celeba.txt from the CelebA "
+            f"site (mmlab.ie.cuhk.edu.hk/projects/CelebA.html) and unpack them into {folder}/, "
+            "or set data.download: true to try torchvision's downloader"
+        )
+    return folder
+
+
+def _read_partition(path: Path) -> dict[str, int]:
+    partition = {}
+    for line_number, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or not fields[1].isdigit():
+            raise FacesError(f"{path} line {line_number} is not '<image> <0|1|2>': {line!r}")
+        partition[fields[0]] = int(fields[1])
+    return partition
+
+
+def _read_attributes(path: Path) -> tuple[list[str], np.ndarray]:
+    """Parses list_attr_celeba.txt: a count, the 40 names, then '<image> +-1 x 40' per line."""
+    lines = path.read_text().splitlines()
+    if len(lines) < 2 or lines[1].split() != CELEBA_ATTRIBUTES:
+        raise FacesError(f"{path} does not start with an image count and CelebA's 40 attribute names")
+    names, rows = [], []
+    for line_number, line in enumerate(lines[2:], 3):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 41:
+            raise FacesError(f"{path} line {line_number} has {len(fields) - 1} attribute values, expected 40")
+        names.append(fields[0])
+        rows.append([field == "1" for field in fields[1:]])
+    return names, np.asarray(rows, dtype=np.float32).reshape(-1, 40)
+
+
+class ImageFolder(Dataset):
+    """Any folder of face images (searched recursively), e.g. FFHQ thumbnails; no attributes."""
+
+    def __init__(self, root: str | Path, image_size: int, crop: float) -> None:
+        root = Path(root).expanduser()
+        if root.is_file():
+            raise FacesError(f"data_dir {root} is a file, not a folder of images")
+        if not root.is_dir():
+            raise FacesError(f"image folder {root} does not exist: point data.data_dir at a folder of images")
+        self.paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.paths:
+            raise FacesError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
+        self.image_size, self.crop = image_size, crop
+        self.attribute_names: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return load_face(self.paths[index], self.image_size, self.crop), torch.zeros(0)
+
+
+class LatentSeeds(Dataset):
+    """Indices 0..n-1 for ``predict``: the module turns each into a latent seeded by it."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+class FaceDataModule(L.LightningDataModule):
+    """What every face source shares: batching, per-epoch subsets, scaling and flips.
+
+    Args:
+        image_size: side of the square images, in pixels.
+        batch_size: images per batch (per device under DDP).
+        num_workers: loader processes; ``None`` picks min(8, CPU count).
+        flip: randomly mirror training images left-right.
+        samples_per_epoch: train each epoch on a fresh random subset of this many images
+            (short epochs on a big dataset); ``None`` uses every image once per epoch.
+        predict_samples: how many images ``predict`` generates.
+    """
+
+    attribute_names: Sequence[str] = ()
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        batch_size: int = 128,
+        num_workers: int | None = None,
+        flip: bool = True,
+        samples_per_epoch: int | None = None,
+        predict_samples: int = 64,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise FacesError(f"batch_size must be at least 1, got {batch_size}")
+        if samples_per_epoch is not None and samples_per_epoch < batch_size:
+            raise FacesError(f"samples_per_epoch {samples_per_epoch} is smaller than batch_size {batch_size}")
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
+        self.flip = flip
+        self.samples_per_epoch = samples_per_epoch
+        self.predict_samples = predict_samples
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    # Subclasses say where images come from; None means "this source has no such split".
+    def train_dataset(self) -> Dataset:
+        raise NotImplementedError
+
+    def eval_dataset(self, stage: Literal["validate", "test"]) -> Dataset | None:
+        return None
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.train_set is None:
+            self.train_set = self.train_dataset()
+            if len(self.train_set) < self.batch_size:  # type: ignore[arg-type]
+                raise FacesError(
+                    f"batch_size {self.batch_size} is larger than the training set "
+                    f"({len(self.train_set)} images): lower data.batch_size"  # type: ignore[arg-type]
+                )
+        if stage in ("fit", "validate") and self.val_set is None:
+            self.val_set = self.eval_dataset("validate")
+        if stage == "test" and self.test_set is None:
+            self.test_set = self.eval_dataset("test")
+            if self.test_set is None or len(self.test_set) == 0:  # type: ignore[arg-type]
+                raise FacesError("the test split has no images: choose a dataset with a test split")
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        sampler = None
+        if train and self.samples_per_epoch is not None:
+            # a fresh random subset each epoch; Lightning shards it across DDP ranks
+            sampler = RandomSampler(dataset, num_samples=min(self.samples_per_epoch, len(dataset)))  # type: ignore[arg-type]
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            drop_last=train,  # equal batches keep batch-norm statistics comparable
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None or len(self.val_set) == 0:  # type: ignore[arg-type]
+            return []  # no validation split: Lightning then skips validation
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        assert self.test_set is not None
+        return self._loader(self.test_set, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(LatentSeeds(self.predict_samples), batch_size=self.batch_size)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.trainer is not None and self.trainer.predicting:
+            return batch
+        images, attributes = batch
+        images = images.float().div_(127.5).sub_(1.0)  # uint8 (B, 3, S, S) -> float in [-1, 1]
+        if self.flip and self.trainer is not None and self.trainer.training:
+            mirrored = torch.rand(images.shape[0], device=images.device) < 0.5
+            images = torch.where(mirrored.view(-1, 1, 1, 1), images.flip(3), images)
+        return images, attributes
+
+
+class CelebADataModule(FaceDataModule):
+    """CelebA from its own folder layout, with its official splits and 40 attributes.
+
+    Args:
+        data_dir: the folder that holds ``celeba/`` (as torchvision's CelebA expects).
+        split: which images to train on: ``train``, ``valid``, ``test`` or ``all``.
+        val_split: the split ``validate`` uses; ``None`` turns validation off.
+        crop: side of the centred square crop as a fraction of the image width (0.79 is the
+            140-of-178 pixel framing of most CelebA GAN papers); the same at any resolution.
+        download: fetch CelebA with torchvision's downloader when it is missing.
+        **kwargs: see ``FaceDataModule``.
+    """
+
+    attribute_names = CELEBA_ATTRIBUTES
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        split: Split = "train",
+        val_split: Split | None = "valid",
+        crop: float = 0.79,
+        download: bool = False,
+        image_size: int = 64,
+        batch_size: int = 128,
+        num_workers: int | None = None,
+        flip: bool = True,
+        samples_per_epoch: int | None = None,
+        predict_samples: int = 64,
+    ) -> None:
+        super().__init__(image_size, batch_size, num_workers, flip, samples_per_epoch, predict_samples)
+        if not 0 < crop <= 1:
+            raise FacesError(f"crop must be a fraction of the image width in (0, 1], got {crop}")
+        self.data_dir, self.split, self.val_split = data_dir, split, val_split
+        self.crop, self.download = crop, download
+
+    def prepare_data(self) -> None:
+        # runs on one process per node, before setup: the only place that may download
+        if self.download and not (Path(self.data_dir) / "celeba" / "list_attr_celeba.txt").exists():
+            download_celeba(self.data_dir)
+        celeba_folder(self.data_dir)  # fail here, before any training, if the layout is incomplete
+
+    def train_dataset(self) -> Dataset:
+        dataset = CelebA(self.data_dir, self.split, self.image_size, self.crop)
+        _check_images_present(dataset)
+        if len(dataset) == 0:
+            raise FacesError(f"CelebA split '{self.split}' under {dataset.folder} has no images: choose another data.split")
+        return dataset
+
+    def eval_dataset(self, stage: Literal["validate", "test"]) -> Dataset | None:
+        split = self.val_split if stage == "validate" else "test"
+        if split is None:
+            return None
+        dataset = CelebA(self.data_dir, split, self.image_size, self.crop)
+        if len(dataset) == 0 and stage == "validate":
+            warnings.warn(f"CelebA split '{split}' has no images, so validation is skipped", stacklevel=2)
+        return dataset
+
+
+def _check_images_present(dataset: CelebA) -> None:
+    """Fails early, naming a file, when the attribute list names images the folder lacks."""
+    present = set(os.listdir(dataset.folder / "img_align_celeba"))
+    missing = [name for name in dataset.filenames if name not in present]
+    if missing:
+        raise FacesError(
+            f"{len(missing)} of {len(dataset)} images listed in list_attr_celeba.txt are missing from "
+            f"{dataset.folder / 'img_align_celeba'} (first: {missing[0]}): unpack img_align_celeba.zip completely"
+        )
+
+
+def download_celeba(data_dir: str) -> None:
+    """Runs torchvision's CelebA downloader; turns its frequent failures into one clear message."""
+    from torchvision.datasets import CelebA as TorchvisionCelebA
+
+    try:
+        TorchvisionCelebA(root=data_dir, split="all", download=True)
+    except Exception as error:  # Google Drive quota, no network, missing gdown, bad checksum...
+        raise FacesError(
+            f"downloading CelebA into {Path(data_dir) / 'celeba'} failed ({type(error).__name__}: {error}). "
+            "The Google Drive copy is often over quota: download img_align_celeba.zip, "
+            "list_eval_partition.txt and list_attr_celeba.txt by hand from the CelebA site "
+            f"and unpack them into {Path(data_dir) / 'celeba'}/"
+        ) from error
+
+
+class ImageFolderDataModule(FaceDataModule):
+    """Any folder of face images (recursively), trained on whole; no attributes, no validation.
+
+    Args:
+        data_dir: the folder of images.
+        crop: side of the centred square crop as a fraction of the image width (1.0 for images
+            that are already square faces, such as FFHQ).
+        **kwargs: see ``FaceDataModule``.
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        crop: float = 1.0,
+        image_size: int = 64,
+        batch_size: int = 128,
+        num_workers: int | None = None,
+        flip: bool = True,
+        samples_per_epoch: int | None = None,
+        predict_samples: int = 64,
+    ) -> None:
+        super().__init__(image_size, batch_size, num_workers, flip, samples_per_epoch, predict_samples)
+        self.data_dir, self.crop = data_dir, crop
+
+    def train_dataset(self) -> Dataset:
+        return ImageFolder(self.data_dir, self.image_size, self.crop)

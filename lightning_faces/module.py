@@ -1,0 +1,269 @@
+"""The GAN LightningModule: manual optimization, D then G, with the stabilization tricks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+
+from lightning_faces.averaging import ParameterAverage
+from lightning_faces.errors import FacesError
+from lightning_faces.losses import (
+    LabelSmoothing,
+    discriminator_accuracy,
+    discriminator_loss,
+    discriminator_targets,
+    feature_matching_loss,
+    generator_loss,
+)
+from lightning_faces.nets import Discriminator, Generator, Norm
+
+
+def dcgan_adam(params: Any) -> torch.optim.Optimizer:
+    """Adam as in the DCGAN paper: lr 2e-4, beta1 0.5 (0.9 made training oscillate)."""
+    return torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999))
+
+
+def _no_op() -> None:
+    pass
+
+
+class GAN(L.LightningModule):
+    """A DCGAN trained with manual optimization: each batch updates D, then G.
+
+    ``trainer.global_step`` counts training iterations (batches), whatever the number of
+    optimizer steps in each, so ``max_steps``, ``val_check_interval`` and checkpoint intervals
+    all count iterations.
+
+    Args:
+        latent_dim: size of z.
+        image_size: side of the generated images (linked from the data config by the CLI).
+        g_width: channels of G's last hidden layer (DCGAN: 64); earlier layers double it.
+        d_width: channels of D's first layer (DCGAN: 64); later layers double it.
+        g_norm: normalization in G: ``batch``, ``virtual`` (reference-batch) or ``none``.
+        d_norm: normalization in D, likewise.
+        vbn_reference_size: examples in the virtual-batch-norm reference batches.
+        g_optimizer: optimizer for G; ``None`` is Adam(lr=2e-4, betas=(0.5, 0.999)).
+        d_optimizer: optimizer for D; ``None`` likewise.
+        label_smoothing: D's targets: ``none`` (1/0), ``one_sided`` (real 0.9) or ``random``
+            (real ~ U(0.8, 1.0), fake ~ U(0.0, 0.1)).
+        smooth_fake_labels: with ``random``, also soften the fake targets (else they stay 0).
+        adversarial_weight: weight of G's non-saturating loss (0 with feature matching alone).
+        feature_matching_weight: weight of feature matching in G's loss (0 turns it off).
+        feature_layer: which D block feature matching compares (-1: the last).
+        historical_averaging_weight: weight of each player's distance from the running mean of
+            its own parameters (0 turns it off).
+        d_steps_per_g_step: update G only every k-th batch (D every batch).
+        g_steps_per_d_step: update G k times per batch, each on fresh latents.
+        d_skip_accuracy: skip D's update on batches where its accuracy is above this.
+        gradient_clip_norm: clip each player's gradient norm to this (``None``: no clipping).
+        num_fixed_samples: size of the fixed latent batch rendered as a grid of samples.
+        seed: seeds the fixed latents and the virtual-batch-norm references.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int = 100,
+        image_size: int = 64,
+        g_width: int = 64,
+        d_width: int = 64,
+        g_norm: Norm = "batch",
+        d_norm: Norm = "batch",
+        vbn_reference_size: int = 64,
+        g_optimizer: OptimizerCallable | None = None,
+        d_optimizer: OptimizerCallable | None = None,
+        label_smoothing: LabelSmoothing = "none",
+        smooth_fake_labels: bool = True,
+        adversarial_weight: float = 1.0,
+        feature_matching_weight: float = 0.0,
+        feature_layer: int = -1,
+        historical_averaging_weight: float = 0.0,
+        d_steps_per_g_step: int = 1,
+        g_steps_per_d_step: int = 1,
+        d_skip_accuracy: float | None = None,
+        gradient_clip_norm: float | None = None,
+        num_fixed_samples: int = 64,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        # optimizers are callables, not hyperparameters a checkpoint can hold as plain data
+        self.save_hyperparameters(ignore=["g_optimizer", "d_optimizer"])
+        if d_steps_per_g_step < 1 or g_steps_per_d_step < 1:
+            raise FacesError("d_steps_per_g_step and g_steps_per_d_step must be at least 1")
+        if d_steps_per_g_step > 1 and g_steps_per_d_step > 1:
+            raise FacesError("set d_steps_per_g_step or g_steps_per_d_step above 1, not both")
+        if adversarial_weight == 0 and feature_matching_weight == 0:
+            raise FacesError("G has no loss: adversarial_weight and feature_matching_weight are both 0")
+        self.automatic_optimization = False
+        self.g_optimizer = g_optimizer or dcgan_adam
+        self.d_optimizer = d_optimizer or dcgan_adam
+        self.generator = Generator(latent_dim, g_width, image_size, norm=g_norm)
+        self.discriminator = Discriminator(d_width, image_size, norm=d_norm, feature_layer=feature_layer)
+        seeded = torch.Generator().manual_seed(seed)
+        self.register_buffer("fixed_latents", torch.randn(num_fixed_samples, latent_dim, generator=seeded))
+        if self.generator.uses_virtual_batch_norm:
+            self.generator.set_reference(torch.randn(vbn_reference_size, latent_dim, generator=seeded))
+        if historical_averaging_weight > 0:
+            self.g_average = ParameterAverage(self.generator)
+            self.d_average = ParameterAverage(self.discriminator)
+        self.iteration = 0  # batches trained on; saved in checkpoints
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.d_optimizer(self.discriminator.parameters()), self.g_optimizer(self.generator.parameters())]
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        real, _attributes = batch  # (B, 3, S, S) in [-1, 1]
+        hp = self.hparams
+        d_opt, g_opt = self.optimizers()
+        self._count_iterations_not_optimizer_steps(d_opt, g_opt)
+        batch_size = real.shape[0]
+        logs: dict[str, torch.Tensor] = {}
+
+        # 1. D: learn to tell real from G's current fakes
+        with torch.no_grad():
+            fake = self.generator(self.sample_latents(batch_size))
+        real_logits, _ = self.discriminator(real)
+        fake_logits, _ = self.discriminator(fake)
+        real_targets, fake_targets = discriminator_targets(batch_size, hp.label_smoothing, hp.smooth_fake_labels, self.device)
+        d_loss = discriminator_loss(real_logits, fake_logits, real_targets, fake_targets)
+        if hp.historical_averaging_weight > 0:
+            d_loss = d_loss + hp.historical_averaging_weight * self.d_average.penalty(self.discriminator)
+        accuracy = discriminator_accuracy(real_logits.detach(), fake_logits.detach())
+        # skipping needs the accuracy on the host: the one sync in the step, only when asked for
+        skip_d = hp.d_skip_accuracy is not None and accuracy.item() > hp.d_skip_accuracy
+        if not skip_d:
+            d_opt.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            self._clip(d_opt)
+            d_opt.step()
+            if hp.historical_averaging_weight > 0:
+                self.d_average.update(self.discriminator)
+        logs.update(
+            {
+                "train/d_loss": d_loss.detach(),
+                "train/d_real": torch.sigmoid(real_logits.detach()).mean(),  # mean D(x)
+                "train/d_fake": torch.sigmoid(fake_logits.detach()).mean(),  # mean D(G(z))
+                "train/d_accuracy": accuracy,
+                "train/d_skipped": torch.tensor(float(skip_d)),
+            }
+        )
+
+        # 2. G: fool the (just updated) D, every k-th batch or k times per batch
+        if (self.iteration + 1) % hp.d_steps_per_g_step == 0:
+            for _ in range(hp.g_steps_per_d_step):
+                logs["train/g_loss"] = self._generator_step(g_opt, real)
+
+        self.iteration += 1
+        self.log_dict(logs, prog_bar=False)
+        self.log_dict({"d_loss": logs["train/d_loss"], "D(x)": logs["train/d_real"], "D(G(z))": logs["train/d_fake"]}, prog_bar=True, logger=False)
+
+    def _generator_step(self, g_opt: Any, real: torch.Tensor) -> torch.Tensor:
+        hp = self.hparams
+        with self.toggled_optimizer(g_opt):  # D's parameters need no gradients here
+            fake = self.generator(self.sample_latents(real.shape[0]))
+            fake_logits, fake_features = self.discriminator(fake)
+            g_loss = hp.adversarial_weight * generator_loss(fake_logits)
+            if hp.feature_matching_weight > 0:
+                with torch.no_grad():
+                    _, real_features = self.discriminator(real)
+                g_loss = g_loss + hp.feature_matching_weight * feature_matching_loss(real_features, fake_features)
+            if hp.historical_averaging_weight > 0:
+                g_loss = g_loss + hp.historical_averaging_weight * self.g_average.penalty(self.generator)
+            g_opt.zero_grad(set_to_none=True)
+            self.manual_backward(g_loss)
+            self._clip(g_opt)
+            g_opt.step()
+        if hp.historical_averaging_weight > 0:
+            self.g_average.update(self.generator)
+        return g_loss.detach()
+
+    def _clip(self, optimizer: Any) -> None:
+        if self.hparams.gradient_clip_norm is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip_norm, gradient_clip_algorithm="norm")
+
+    def _count_iterations_not_optimizer_steps(self, *optimizers: Any) -> None:
+        # Lightning counts every optimizer.step() in global_step; a GAN batch takes two or more
+        # (and a varying number with step ratios or skipping). Count each batch once instead.
+        for optimizer in optimizers:
+            optimizer._on_before_step = optimizer._on_after_step = _no_op
+        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        progress.increment_ready()
+        progress.increment_completed()
+
+    def sample_latents(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draws z ~ N(0, I): (count, latent_dim) on the module's device."""
+        return torch.randn(count, self.hparams.latent_dim, device=self.device, generator=generator)
+
+    @torch.no_grad()
+    def generate(self, latents: torch.Tensor) -> torch.Tensor:
+        """Renders latents (B, latent_dim) into images (B, 3, S, S) in [-1, 1], G in eval mode."""
+        was_training = self.generator.training
+        self.generator.eval()
+        try:
+            return self.generator(latents.to(self.device))
+        finally:
+            self.generator.train(was_training)
+
+    # validation and test: D's view of held-out real images against fresh fakes
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "test")
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, prefix: str) -> None:
+        real, _ = batch
+        # the same latents for batch i at every evaluation, so numbers compare across epochs
+        seeded = torch.Generator(device=self.device).manual_seed(self.hparams.seed + 1 + batch_idx)
+        fake = self.generator(self.sample_latents(real.shape[0], seeded))
+        real_logits, _ = self.discriminator(real)
+        fake_logits, _ = self.discriminator(fake)
+        ones, zeros = torch.ones_like(real_logits), torch.zeros_like(fake_logits)
+        metrics = {
+            f"{prefix}/d_loss": discriminator_loss(real_logits, fake_logits, ones, zeros),
+            f"{prefix}/g_loss": generator_loss(fake_logits),
+            f"{prefix}/d_real": torch.sigmoid(real_logits).mean(),
+            f"{prefix}/d_fake": torch.sigmoid(fake_logits).mean(),
+            f"{prefix}/d_accuracy": discriminator_accuracy(real_logits, fake_logits),
+        }
+        self.log_dict(metrics, on_epoch=True, batch_size=real.shape[0], sync_dist=True)
+
+    def predict_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Turns sample indices into images; index i always gives the same face for a checkpoint."""
+        latents = torch.stack(
+            [torch.randn(self.hparams.latent_dim, generator=torch.Generator().manual_seed(int(i))) for i in batch]
+        )
+        images = self.generate(latents)
+        return {"indices": batch.cpu(), "images": to_uint8(images).cpu()}
+
+    def on_fit_start(self) -> None:
+        if self.discriminator.uses_virtual_batch_norm and self.discriminator.reference is None:
+            self.discriminator.set_reference(self._reference_images())
+
+    def _reference_images(self) -> torch.Tensor:
+        """A fixed batch of real training images for D's virtual batch norm, in [-1, 1]."""
+        dataset = getattr(self.trainer.datamodule, "train_set", None)
+        if dataset is None:
+            raise FacesError("virtual batch norm in D needs a datamodule that has a train_set (the lightning_faces ones do)")
+        count = min(self.hparams.vbn_reference_size, len(dataset))
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.hparams.seed))[:count]
+        images = torch.stack([dataset[int(i)][0] for i in order])
+        return images.to(self.device).float().div(127.5).sub(1.0)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["iteration"] = self.iteration
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.iteration = int(checkpoint.get("iteration", 0))
+        # reference batches are buffers that start empty: give them the saved shapes first
+        state = checkpoint["state_dict"]
+        for name, net in (("generator", self.generator), ("discriminator", self.discriminator)):
+            if f"{name}.reference" in state:
+                net.set_reference(state[f"{name}.reference"])
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Maps images in [-1, 1] to uint8 [0, 255] with rounding."""
+    return images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)

@@ -1,0 +1,160 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lightning_faces.data import CELEBA_ATTRIBUTES, CelebA, CelebADataModule, ImageFolder, ImageFolderDataModule, crop_and_resize
+from lightning_faces.errors import FacesError
+from lightning_faces.synthetic import SyntheticFacesDataModule, render_faces
+from tests.conftest import face_like_image, write_celeba
+
+
+@pytest.mark.parametrize(("split", "count"), [("train", 16), ("valid", 4), ("test", 4), ("all", 24)])
+def test_celeba_splits_follow_the_partition_file(fake_celeba, split, count):
+    assert len(CelebA(fake_celeba, split, 16, 0.79)) == count
+
+
+def test_celeba_items_are_uint8_images_with_their_40_attributes(fake_celeba):
+    dataset = CelebA(fake_celeba, "valid", 32, 0.79)
+    image, attributes = dataset[1]
+    assert image.dtype == torch.uint8 and image.shape == (3, 32, 32)
+    lines = (fake_celeba / "celeba" / "list_attr_celeba.txt").read_text().splitlines()
+    row = next(line for line in lines if line.startswith(dataset.filenames[1])).split()[1:]
+    assert attributes.tolist() == [1.0 if v == "1" else 0.0 for v in row]
+    assert len(attributes) == len(CELEBA_ATTRIBUTES) == 40
+
+
+def test_crop_is_relative_so_half_size_images_get_the_same_framing():
+    full = face_like_image(3, 178, 218)
+    half = full.resize((89, 109), Image.Resampling.LANCZOS)
+    a = crop_and_resize(full, 64, 0.79).astype(float)
+    b = crop_and_resize(half, 64, 0.79).astype(float)
+    assert np.abs(a - b).mean() < 3.0  # same framing: only resampling differences remain
+    shifted = crop_and_resize(full, 64, 0.6).astype(float)  # a different crop really differs
+    assert np.abs(a - shifted).mean() > 10
+
+
+def test_missing_celeba_names_the_path_the_files_and_how_to_get_them(tmp_path):
+    with pytest.raises(FacesError) as error:
+        CelebADataModule(data_dir=str(tmp_path)).prepare_data()
+    message = str(error.value)
+    assert str(tmp_path / "celeba") in message
+    for expected in ("img_align_celeba/", "list_eval_partition.txt", "list_attr_celeba.txt", "download"):
+        assert expected in message
+
+
+def test_data_dir_that_is_a_file_is_refused(tmp_path):
+    file = tmp_path / "celeba.zip"
+    file.write_bytes(b"PK")
+    with pytest.raises(FacesError, match="is a file, not a folder"):
+        CelebADataModule(data_dir=str(file)).prepare_data()
+
+
+def test_failed_download_gives_a_clear_message(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    class QuotaExceeded:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("Too many users have viewed or downloaded this file recently")
+
+    monkeypatch.setattr(torchvision.datasets, "CelebA", QuotaExceeded)
+    with pytest.raises(FacesError, match="downloading CelebA into .* failed .*Too many users.*by hand"):
+        CelebADataModule(data_dir=str(tmp_path), download=True).prepare_data()
+
+
+def test_unreadable_image_error_names_the_file(fake_celeba):
+    broken = fake_celeba / "celeba" / "img_align_celeba" / "000002.jpg"
+    broken.write_bytes(broken.read_bytes()[:200])  # truncated JPEG
+    dataset = CelebA(fake_celeba, "train", 16, 0.79)
+    with pytest.raises(FacesError, match="cannot read image .*000002.jpg"):
+        dataset[1]
+
+
+def test_images_missing_from_the_folder_are_reported_before_training(fake_celeba):
+    (fake_celeba / "celeba" / "img_align_celeba" / "000005.jpg").unlink()
+    module = CelebADataModule(data_dir=str(fake_celeba), batch_size=2, num_workers=0)
+    with pytest.raises(FacesError, match=r"1 of 16 images .* missing .*first: 000005.jpg"):
+        module.setup("fit")
+
+
+def test_batch_larger_than_the_dataset_is_refused(fake_celeba):
+    module = CelebADataModule(data_dir=str(fake_celeba), batch_size=64, num_workers=0)
+    with pytest.raises(FacesError, match="batch_size 64 is larger than the training set"):
+        module.setup("fit")
+
+
+def test_samples_per_epoch_trains_each_epoch_on_a_fresh_subset(fake_celeba):
+    module = CelebADataModule(data_dir=str(fake_celeba), image_size=16, batch_size=2, num_workers=0, samples_per_epoch=6)
+    module.setup("fit")
+    loader = module.train_dataloader()
+    epochs = [torch.cat([images.flatten(1) for images, _ in loader]) for _ in range(3)]
+    assert all(len(epoch) == 6 for epoch in epochs)  # 6 of the 16 images per epoch
+    assert len({tuple(e.sum(1).tolist()) for e in epochs}) > 1  # and not the same 6 each time
+
+
+def test_batches_become_floats_in_minus_one_one_and_flip_only_in_training(fake_celeba):
+    module = CelebADataModule(data_dir=str(fake_celeba), image_size=16, batch_size=16, num_workers=0, flip=True)
+
+    class FakeTrainer:
+        predicting, training = False, True
+
+    module.trainer = FakeTrainer()
+    images = torch.tensor([[[[0, 255]]]], dtype=torch.uint8).expand(64, 3, 1, 2).contiguous()
+    out, _ = module.on_after_batch_transfer((images, torch.zeros(64, 40)), 0)
+    assert out.dtype == torch.float32 and out.min() == -1 and out.max() == 1
+    flipped = (out[:, 0, 0, 0] == 1).float().mean()
+    assert 0.2 < flipped < 0.8  # about half the images mirrored
+    FakeTrainer.training = False
+    out, _ = module.on_after_batch_transfer((images, torch.zeros(64, 40)), 0)
+    assert (out[:, 0, 0, 0] == -1).all()  # no flips outside training
+
+
+def test_celeba_without_valid_rows_skips_validation_with_a_warning(tmp_path):
+    root = write_celeba(tmp_path / "d", splits=(8, 0, 0))
+    module = CelebADataModule(data_dir=str(root), image_size=16, batch_size=2, num_workers=0)
+    with pytest.warns(UserWarning, match="no images, so validation is skipped"):
+        module.setup("fit")
+    assert module.val_dataloader() == []
+
+
+def test_plain_image_folder_is_a_dataset(tmp_path):
+    for index in range(5):
+        folder = tmp_path / "faces" / f"part{index % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        face_like_image(index, 40, 40).save(folder / f"{index}.png")
+    (tmp_path / "faces" / "notes.txt").write_text("not an image")
+    dataset = ImageFolder(tmp_path / "faces", 16, 1.0)
+    assert len(dataset) == 5
+    image, attributes = dataset[0]
+    assert image.shape == (3, 16, 16) and attributes.numel() == 0
+    module = ImageFolderDataModule(data_dir=str(tmp_path / "faces"), image_size=16, batch_size=2, num_workers=0)
+    module.setup("fit")
+    assert len(module.train_dataloader()) == 2
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FacesError, match="no images"):
+        ImageFolder(tmp_path / "empty", 16, 1.0)
+    with pytest.raises(FacesError, match="does not exist"):
+        ImageFolder(tmp_path / "nowhere", 16, 1.0)
+
+
+def test_synthetic_faces_are_reproducible_and_varied():
+    a_images, a_attributes = render_faces(6, 32, seed=1)
+    b_images, _ = render_faces(6, 32, seed=1)
+    c_images, _ = render_faces(6, 32, seed=2)
+    assert torch.equal(a_images, b_images)
+    assert not torch.equal(a_images, c_images)
+    assert a_images.shape == (6, 3, 32, 32) and a_images.dtype == torch.uint8
+    assert a_images.float().std(0).mean() > 20  # the faces differ from each other
+    assert a_attributes.shape == (6, 40) and a_attributes.sum() > 0
+    hair = [CELEBA_ATTRIBUTES.index(n) for n in ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair", "Bald")]
+    assert (a_attributes[:, hair].sum(1) == 1).all()  # exactly one hair colour (or bald) each
+
+
+def test_synthetic_validation_faces_are_not_training_faces():
+    module = SyntheticFacesDataModule(num_images=8, num_val_images=4, image_size=16, batch_size=4)
+    module.setup("fit")
+    train = module.train_set.tensors[0].flatten(1).float()
+    val = module.val_set.tensors[0].flatten(1).float()
+    assert torch.cdist(val, train).min() > 0

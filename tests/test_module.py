@@ -1,0 +1,210 @@
+import pickle
+
+import lightning as L
+import pytest
+import torch
+
+import lightning_faces.module as module_under_test
+from lightning_faces.callbacks import SampleGrid
+from lightning_faces.checkpoint import SafeCheckpointIO, load_checkpoint
+from lightning_faces.errors import FacesError
+from lightning_faces.module import GAN
+from lightning_faces.synthetic import SyntheticFacesDataModule
+
+
+def make_model(**kwargs) -> GAN:
+    defaults = dict(latent_dim=8, image_size=16, g_width=4, d_width=4, num_fixed_samples=4)
+    return GAN(**{**defaults, **kwargs})
+
+
+def train(tmp_path, model: GAN, steps: int, callbacks=(), **trainer_kwargs) -> L.Trainer:
+    data = SyntheticFacesDataModule(num_images=32, num_val_images=0, image_size=16, batch_size=8)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path, callbacks=list(callbacks),
+        plugins=[SafeCheckpointIO()], **trainer_kwargs,
+    )
+    trainer.fit(model, data)
+    return trainer
+
+
+def adam_steps(trainer: L.Trainer) -> tuple[int, int]:
+    """How many times D's and G's optimizers stepped (Adam keeps the count per parameter)."""
+    counts = []
+    for optimizer in trainer.optimizers:
+        states = list(optimizer.state.values())
+        counts.append(int(states[0]["step"]) if states else 0)
+    return counts[0], counts[1]
+
+
+def snapshot(net: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten().clone() for p in net.parameters()])
+
+
+def test_each_batch_updates_d_then_g_and_global_step_counts_batches(tmp_path):
+    model = make_model()
+    trainer = train(tmp_path, model, steps=5)
+    assert adam_steps(trainer) == (5, 5)
+    assert trainer.global_step == 5 and model.iteration == 5
+
+
+def test_d_steps_per_g_step_updates_g_every_kth_batch(tmp_path):
+    model = make_model(d_steps_per_g_step=3)
+    trainer = train(tmp_path, model, steps=6)
+    assert adam_steps(trainer) == (6, 2)
+    assert trainer.global_step == 6
+
+
+def test_g_steps_per_d_step_updates_g_k_times_per_batch(tmp_path):
+    trainer = train(tmp_path, make_model(g_steps_per_d_step=3), steps=2)
+    assert adam_steps(trainer) == (2, 6)
+
+
+def test_a_d_step_moves_only_d(tmp_path):
+    model = make_model(d_steps_per_g_step=100)  # G never reaches its turn in 3 batches
+    g_before, d_before = snapshot(model.generator), snapshot(model.discriminator)
+    train(tmp_path, model, steps=3)
+    assert torch.equal(snapshot(model.generator), g_before)
+    assert not torch.equal(snapshot(model.discriminator), d_before)
+
+
+def test_d_is_skipped_while_its_accuracy_is_above_the_threshold(tmp_path):
+    model = make_model(d_skip_accuracy=-1.0)  # accuracy is always above -1: D never steps
+    g_before, d_before = snapshot(model.generator), snapshot(model.discriminator)
+    trainer = train(tmp_path, model, steps=3)
+    assert torch.equal(snapshot(model.discriminator), d_before)
+    assert not torch.equal(snapshot(model.generator), g_before)
+    assert adam_steps(trainer) == (0, 3) and trainer.logged_metrics["train/d_skipped"] == 1
+    trainer = train(tmp_path, make_model(d_skip_accuracy=1.0), steps=3)  # never above 1: never skipped
+    assert adam_steps(trainer) == (3, 3)
+
+
+def test_losses_and_discriminator_outputs_are_logged(tmp_path):
+    trainer = train(tmp_path, make_model(), steps=2)
+    for key in ("train/d_loss", "train/g_loss", "train/d_real", "train/d_fake", "train/d_accuracy"):
+        assert key in trainer.logged_metrics
+    assert 0 <= trainer.logged_metrics["train/d_real"] <= 1
+    for key in ("d_loss", "D(x)", "D(G(z))"):
+        assert key in trainer.progress_bar_metrics
+
+
+@pytest.mark.parametrize(("smoothing", "smooth_fake"), [("none", True), ("one_sided", True), ("random", False)])
+def test_label_smoothing_reaches_ds_loss(tmp_path, monkeypatch, smoothing, smooth_fake):
+    seen = []
+    original = module_under_test.discriminator_loss
+
+    def recording(real_logits, fake_logits, real_targets, fake_targets):
+        seen.append((real_targets.clone(), fake_targets.clone()))
+        return original(real_logits, fake_logits, real_targets, fake_targets)
+
+    monkeypatch.setattr(module_under_test, "discriminator_loss", recording)
+    train(tmp_path, make_model(label_smoothing=smoothing, smooth_fake_labels=smooth_fake), steps=2)
+    real, fake = seen[0]
+    if smoothing == "none":
+        assert (real == 1).all() and (fake == 0).all()
+    elif smoothing == "one_sided":
+        assert torch.allclose(real, torch.full_like(real, 0.9)) and (fake == 0).all()
+    else:
+        assert ((real >= 0.8) & (real <= 1.0)).all() and real.std() > 0 and (fake == 0).all()
+
+
+def test_feature_matching_alone_trains_g_on_ds_features(tmp_path, monkeypatch):
+    calls = []
+    original = module_under_test.feature_matching_loss
+
+    def recording(real_features, fake_features):
+        loss = original(real_features, fake_features)
+        calls.append((real_features.shape, loss.detach()))
+        return loss
+
+    monkeypatch.setattr(module_under_test, "feature_matching_loss", recording)
+    model = make_model(adversarial_weight=0.0, feature_matching_weight=2.0)
+    g_before = snapshot(model.generator)
+    trainer = train(tmp_path, model, steps=2)
+    assert len(calls) == 2 and calls[0][0] == (8, 8, 4, 4)  # D's last block: 2 x width at 4x4
+    assert trainer.logged_metrics["train/g_loss"] == pytest.approx(2.0 * calls[-1][1].item(), rel=1e-5)
+    assert not torch.equal(snapshot(model.generator), g_before)
+    with pytest.raises(FacesError, match="G has no loss"):
+        make_model(adversarial_weight=0.0, feature_matching_weight=0.0)
+
+
+def test_historical_averaging_holds_players_near_their_past(tmp_path):
+    def drift(weight: float) -> float:
+        torch.manual_seed(0)
+        model = make_model(historical_averaging_weight=weight)
+        start = snapshot(model.discriminator)
+        train(tmp_path, model, steps=8)
+        return (snapshot(model.discriminator) - start).norm().item()
+
+    assert drift(1000.0) < 0.5 * drift(0.0)
+    model = make_model(historical_averaging_weight=0.1)
+    train(tmp_path, model, steps=4)
+    assert int(model.g_average.count) == 5 and int(model.d_average.count) == 5  # start + 4 updates
+    assert model.g_average.penalty(model.generator).item() > 0
+
+
+def test_gradient_clipping_bounds_each_update(tmp_path):
+    def sgd(params):
+        return torch.optim.SGD(params, lr=1.0)
+
+    def d_change(clip):
+        torch.manual_seed(0)
+        model = make_model(d_optimizer=sgd, gradient_clip_norm=clip, d_steps_per_g_step=100)
+        before = snapshot(model.discriminator)
+        train(tmp_path, model, steps=1)
+        return (snapshot(model.discriminator) - before).norm().item()
+
+    assert d_change(1e-3) == pytest.approx(1e-3, rel=1e-3)  # one SGD step of lr 1 on a gradient of norm 1e-3
+    assert d_change(None) > 1e-2
+
+
+def test_virtual_batch_norm_trains_and_round_trips_through_a_checkpoint(tmp_path):
+    model = make_model(g_norm="virtual", d_norm="virtual", vbn_reference_size=6)
+    trainer = train(tmp_path, model, steps=3)
+    assert model.discriminator.reference.shape == (6, 3, 16, 16)
+    path = tmp_path / "vbn.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = GAN.load_from_checkpoint(path, weights_only=True)
+    z = torch.randn(3, 8)
+    torch.testing.assert_close(loaded.generate(z), model.generate(z))
+    torch.testing.assert_close(loaded.discriminator.reference, model.discriminator.reference)
+
+
+def test_sample_grids_are_written_at_start_and_end(tmp_path):
+    train(tmp_path, make_model(), steps=3, callbacks=[SampleGrid(every_n_steps=2)])
+    names = sorted(p.name for p in (tmp_path / "samples").glob("*.png"))
+    assert names == ["step_0000000.png", "step_0000002.png", "step_0000003.png"]
+    from PIL import Image
+
+    assert Image.open(tmp_path / "samples" / names[-1]).size == (2 * 18 + 2, 2 * 18 + 2)  # 2x2 grid of 16px
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (print, ("this ran on load",))
+
+
+def test_checkpoints_with_pickled_code_are_refused(tmp_path, capsys):
+    path = tmp_path / "evil.ckpt"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": {}, "payload": _Exploit()}, f)
+    with pytest.raises(FacesError, match="beyond tensors and plain data"):
+        load_checkpoint(path)
+    assert "this ran on load" not in capsys.readouterr().out
+
+
+def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io = SafeCheckpointIO()
+    io.save_checkpoint({"step": torch.tensor(1)}, path)
+
+    def dies_mid_write(obj, f, *args, **kwargs):
+        with open(f, "wb") as handle:
+            handle.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # preempted while writing
+
+    monkeypatch.setattr(torch, "save", dies_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": torch.tensor(2)}, path)
+    assert int(io.load_checkpoint(path)["step"]) == 1  # the old checkpoint is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # and no temporary file is left
