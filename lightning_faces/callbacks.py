@@ -35,16 +35,22 @@ class SampleGrid(L.Callback):
     Args:
         every_n_epochs: epochs between grids.
         every_n_steps: also save a grid every this many iterations (0: only per epoch).
+        min_cell_size: samples smaller than this many pixels are enlarged by a whole factor
+            (nearest neighbour: every generated pixel stays visible, none is invented).
     """
 
-    def __init__(self, every_n_epochs: int = 1, every_n_steps: int = 0) -> None:
+    def __init__(self, every_n_epochs: int = 1, every_n_steps: int = 0, min_cell_size: int = 64) -> None:
         self.every_n_epochs = every_n_epochs
         self.every_n_steps = every_n_steps
+        self.min_cell_size = min_cell_size
 
     def save(self, trainer: L.Trainer, module: L.LightningModule) -> Path | None:
         if not trainer.is_global_zero:
             return None
         images = to_uint8(module.generate(module.fixed_latents))  # (N, 3, S, S)
+        factor = -(-self.min_cell_size // images.shape[-1])  # ceil
+        if factor > 1:
+            images = images.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
         grid = make_grid(images, nrow=int(len(images) ** 0.5), padding=2, pad_value=255)
         path = run_folder(trainer) / "samples" / f"step_{trainer.global_step:07d}.png"
         save_png(grid, path)
@@ -79,7 +85,9 @@ class ImageWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
 
-    def write_on_batch_end(self, trainer: L.Trainer, module: L.LightningModule, prediction: dict[str, torch.Tensor], *args: Any) -> None:
+    def write_on_batch_end(
+        self, trainer: L.Trainer, module: L.LightningModule, prediction: dict[str, torch.Tensor], *args: Any
+    ) -> None:
         folder = Path(self.output_dir) if self.output_dir else run_folder(trainer) / "generated"
         for index, image in zip(prediction["indices"].tolist(), prediction["images"], strict=True):
             save_png(image, folder / f"{index:06d}.png")

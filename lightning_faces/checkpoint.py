@@ -22,7 +22,9 @@ class SafeCheckpointIO(TorchCheckpointIO):
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
 
-    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         return load_checkpoint(path, map_location)
 
 

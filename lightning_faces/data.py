@@ -84,13 +84,16 @@ def celeba_folder(root: str | Path) -> Path:
     """Checks the CelebA layout under ``root`` and returns ``root/celeba``, or says what is missing."""
     root = Path(root).expanduser()
     if root.is_file():
-        raise FacesError(f"data_dir {root} is a file, not a folder: point data.data_dir at the folder that holds celeba/")
+        raise FacesError(
+            f"data_dir {root} is a file, not a folder: point data.data_dir at the folder that holds celeba/"
+        )
     folder = root / "celeba"
     expected = ["img_align_celeba/", "list_eval_partition.txt", "list_attr_celeba.txt"]
     missing = [name for name in expected if not (folder / name.rstrip("/")).exists()]
     if missing:
         raise FacesError(
-            f"CelebA not found: {folder} lacks {', '.join(missing)} (expected {', '.join(expected)}). "
+            f"CelebA not found: {folder} lacks {', '.join(missing)} "
+            f"(CelebA's layout is <data_dir>/celeba/{{{', '.join(expected)}}}). "
             "Get img_align_celeba.zip, list_eval_partition.txt and list_attr_celeba.txt from the CelebA "
             f"site (mmlab.ie.cuhk.edu.hk/projects/CelebA.html) and unpack them into {folder}/, "
             "or set data.download: true to try torchvision's downloader"
@@ -218,10 +221,12 @@ class FaceDataModule(L.LightningDataModule):
                 )
         if stage in ("fit", "validate") and self.val_set is None:
             self.val_set = self.eval_dataset("validate")
+        if stage == "validate" and not self.val_set:
+            raise FacesError("there is no validation split with images to validate on: set data.val_split")
         if stage == "test" and self.test_set is None:
             self.test_set = self.eval_dataset("test")
-            if self.test_set is None or len(self.test_set) == 0:  # type: ignore[arg-type]
-                raise FacesError("the test split has no images: choose a dataset with a test split")
+        if stage == "test" and not self.test_set:
+            raise FacesError("the test split has no images: choose a dataset with a test split")
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         sampler = None
@@ -311,7 +316,9 @@ class CelebADataModule(FaceDataModule):
         dataset = CelebA(self.data_dir, self.split, self.image_size, self.crop)
         _check_images_present(dataset)
         if len(dataset) == 0:
-            raise FacesError(f"CelebA split '{self.split}' under {dataset.folder} has no images: choose another data.split")
+            raise FacesError(
+                f"CelebA split '{self.split}' under {dataset.folder} has no images: choose another data.split"
+            )
         return dataset
 
     def eval_dataset(self, stage: Literal["validate", "test"]) -> Dataset | None:

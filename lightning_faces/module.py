@@ -126,7 +126,9 @@ class GAN(L.LightningModule):
             fake = self.generator(self.sample_latents(batch_size))
         real_logits, _ = self.discriminator(real)
         fake_logits, _ = self.discriminator(fake)
-        real_targets, fake_targets = discriminator_targets(batch_size, hp.label_smoothing, hp.smooth_fake_labels, self.device)
+        real_targets, fake_targets = discriminator_targets(
+            batch_size, hp.label_smoothing, hp.smooth_fake_labels, self.device
+        )
         d_loss = discriminator_loss(real_logits, fake_logits, real_targets, fake_targets)
         if hp.historical_averaging_weight > 0:
             d_loss = d_loss + hp.historical_averaging_weight * self.d_average.penalty(self.discriminator)
@@ -157,7 +159,11 @@ class GAN(L.LightningModule):
 
         self.iteration += 1
         self.log_dict(logs, prog_bar=False)
-        self.log_dict({"d_loss": logs["train/d_loss"], "D(x)": logs["train/d_real"], "D(G(z))": logs["train/d_fake"]}, prog_bar=True, logger=False)
+        self.log_dict(
+            {"d_loss": logs["train/d_loss"], "D(x)": logs["train/d_real"], "D(G(z))": logs["train/d_fake"]},
+            prog_bar=True,
+            logger=False,
+        )
 
     def _generator_step(self, g_opt: Any, real: torch.Tensor) -> torch.Tensor:
         hp = self.hparams
@@ -181,7 +187,9 @@ class GAN(L.LightningModule):
 
     def _clip(self, optimizer: Any) -> None:
         if self.hparams.gradient_clip_norm is not None:
-            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip_norm, gradient_clip_algorithm="norm")
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.hparams.gradient_clip_norm, gradient_clip_algorithm="norm"
+            )
 
     def _count_iterations_not_optimizer_steps(self, *optimizers: Any) -> None:
         # Lightning counts every optimizer.step() in global_step; a GAN batch takes two or more
@@ -246,7 +254,9 @@ class GAN(L.LightningModule):
         """A fixed batch of real training images for D's virtual batch norm, in [-1, 1]."""
         dataset = getattr(self.trainer.datamodule, "train_set", None)
         if dataset is None:
-            raise FacesError("virtual batch norm in D needs a datamodule that has a train_set (the lightning_faces ones do)")
+            raise FacesError(
+                "virtual batch norm in D needs a datamodule that has a train_set (the lightning_faces ones do)"
+            )
         count = min(self.hparams.vbn_reference_size, len(dataset))
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.hparams.seed))[:count]
         images = torch.stack([dataset[int(i)][0] for i in order])

@@ -102,9 +102,7 @@ class _ReferenceBatchMixin:
 
     def _collect_reference_statistics(self) -> None:
         if self.reference is None:
-            raise RuntimeError(
-                "virtual batch norm needs a reference batch: call set_reference() before forward"
-            )
+            raise RuntimeError("virtual batch norm needs a reference batch: call set_reference() before forward")
         layers = self._vbn_layers()
         for layer in layers:
             layer.collect = True

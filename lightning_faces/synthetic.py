@@ -9,7 +9,6 @@ models can be tried on it too. Image ``i`` of seed ``s`` is the same on every ma
 
 from __future__ import annotations
 
-import math
 import random
 from typing import Literal
 
@@ -22,8 +21,21 @@ from lightning_faces.data import CELEBA_ATTRIBUTES, FaceDataModule
 
 Color = tuple[int, int, int]
 
-SKIN_TONES: list[Color] = [(255, 224, 196), (241, 194, 160), (224, 172, 130), (198, 134, 94), (161, 102, 66), (112, 70, 45), (84, 52, 34)]
-HAIR_COLORS: dict[str, Color] = {"Black_Hair": (30, 26, 24), "Brown_Hair": (102, 62, 34), "Blond_Hair": (222, 188, 110), "Gray_Hair": (170, 168, 166)}
+SKIN_TONES: list[Color] = [
+    (255, 224, 196),
+    (241, 194, 160),
+    (224, 172, 130),
+    (198, 134, 94),
+    (161, 102, 66),
+    (112, 70, 45),
+    (84, 52, 34),
+]
+HAIR_COLORS: dict[str, Color] = {
+    "Black_Hair": (30, 26, 24),
+    "Brown_Hair": (102, 62, 34),
+    "Blond_Hair": (222, 188, 110),
+    "Gray_Hair": (170, 168, 166),
+}
 IRIS_COLORS: list[Color] = [(70, 45, 25), (50, 90, 150), (60, 110, 60), (110, 80, 40)]
 LIP_COLORS: list[Color] = [(170, 70, 70), (190, 40, 60), (140, 60, 60)]
 
@@ -39,8 +51,9 @@ def _shade(color: Color, factor: float) -> Color:
 def draw_face(rng: random.Random, size: int) -> tuple[Image.Image, set[str]]:
     """Draws one face on a size x size RGB canvas; returns it and the CelebA attributes it shows."""
     attributes: set[str] = set()
-    top, bottom = _jitter((rng.randint(40, 230), rng.randint(40, 230), rng.randint(40, 230)), rng, 0), _jitter(
-        (rng.randint(20, 200), rng.randint(20, 200), rng.randint(20, 200)), rng, 0
+    top, bottom = (
+        _jitter((rng.randint(40, 230), rng.randint(40, 230), rng.randint(40, 230)), rng, 0),
+        _jitter((rng.randint(20, 200), rng.randint(20, 200), rng.randint(20, 200)), rng, 0),
     )
     gradient = np.linspace(0, 1, size)[:, None, None]
     background = (1 - gradient) * np.array(top) + gradient * np.array(bottom)
@@ -60,7 +73,9 @@ def draw_face(rng: random.Random, size: int) -> tuple[Image.Image, set[str]]:
     half_w, half_h = rng.uniform(17, 22), rng.uniform(23, 28)
     yaw = rng.uniform(-0.3, 0.3)  # turns the face: features slide sideways, far side narrows
     male = rng.random() < 0.5
-    style = rng.choices(["long", "short", "bald", "bob"], weights=[0.35, 0.35, 0.08, 0.22] if not male else [0.1, 0.65, 0.15, 0.1])[0]
+    style = rng.choices(
+        ["long", "short", "bald", "bob"], weights=[0.35, 0.35, 0.08, 0.22] if not male else [0.1, 0.65, 0.15, 0.1]
+    )[0]
 
     def box(x: float, y: float, rx: float, ry: float) -> list[float]:
         return [(x - rx) * s, (y - ry) * s, (x + rx) * s, (y + ry) * s]
@@ -111,7 +126,11 @@ def draw_face(rng: random.Random, size: int) -> tuple[Image.Image, set[str]]:
         draw.ellipse(box(ex, eye_y, eye_rx, eye_ry), fill=(245, 245, 240))
         draw.ellipse(box(ex + yaw * 2, eye_y, eye_ry * 0.9, eye_ry * 0.9), fill=iris)
         draw.ellipse(box(ex + yaw * 2, eye_y, eye_ry * 0.4, eye_ry * 0.4), fill=(10, 10, 10))
-        draw.line([(ex - eye_rx) * s, (eye_y - brow_lift + side * 0.0) * s, (ex + eye_rx) * s, (eye_y - brow_lift - 0.8) * s], fill=brow, width=max(1, int(1.6 * s)))
+        draw.line(
+            [(ex - eye_rx) * s, (eye_y - brow_lift + side * 0.0) * s, (ex + eye_rx) * s, (eye_y - brow_lift - 0.8) * s],
+            fill=brow,
+            width=max(1, int(1.6 * s)),
+        )
     # glasses
     if rng.random() < 0.15:
         attributes.add("Eyeglasses")
@@ -119,17 +138,24 @@ def draw_face(rng: random.Random, size: int) -> tuple[Image.Image, set[str]]:
         for side in (-1, 1):
             ex = fx + side * eye_dx * (1 - side * yaw * 0.6)
             draw.ellipse(box(ex, eye_y, eye_rx + 2.2, eye_ry + 2.4), outline=frame, width=max(1, int(1.0 * s)))
-        draw.line([(fx - eye_dx + eye_rx + 2) * s, eye_y * s, (fx + eye_dx - eye_rx - 2) * s, eye_y * s], fill=frame, width=max(1, int(1.0 * s)))
+        draw.line(
+            [(fx - eye_dx + eye_rx + 2) * s, eye_y * s, (fx + eye_dx - eye_rx - 2) * s, eye_y * s],
+            fill=frame,
+            width=max(1, int(1.0 * s)),
+        )
     # nose
     nose_y = cy + rng.uniform(5, 8)
-    draw.polygon([(fx * s, (eye_y + 2) * s), ((fx + 2.5 + yaw * 3) * s, nose_y * s), ((fx - 2.0 + yaw * 3) * s, nose_y * s)], fill=_shade(skin, 0.88))
+    draw.polygon(
+        [(fx * s, (eye_y + 2) * s), ((fx + 2.5 + yaw * 3) * s, nose_y * s), ((fx - 2.0 + yaw * 3) * s, nose_y * s)],
+        fill=_shade(skin, 0.88),
+    )
     # mouth: smiling, neutral, or open
     mouth_y, mouth_w = cy + rng.uniform(12, 15), rng.uniform(5, 8)
-    lips = rng.choice(LIP_COLORS) if (not male and rng.random() < 0.5) else _shade(skin, 0.7)
-    if lips not in LIP_COLORS:
-        lips = _shade(skin, 0.7)
-    else:
+    if not male and rng.random() < 0.5:
+        lips = rng.choice(LIP_COLORS)
         attributes.add("Wearing_Lipstick")
+    else:
+        lips = _shade(skin, 0.7)
     mood = rng.choice(["smile", "neutral", "open"])
     mouth_box = box(fx, mouth_y, mouth_w, 3.5)
     if mood == "smile":
@@ -141,11 +167,13 @@ def draw_face(rng: random.Random, size: int) -> tuple[Image.Image, set[str]]:
         draw.ellipse(box(fx, mouth_y + 1, mouth_w * 0.6, 2.6), fill=lips)
         draw.ellipse(box(fx, mouth_y + 1, mouth_w * 0.4, 1.5), fill=(60, 20, 25))
     else:
-        draw.line([(fx - mouth_w) * s, mouth_y * s, (fx + mouth_w) * s, mouth_y * s], fill=lips, width=max(1, int(1.8 * s)))
+        draw.line(
+            [(fx - mouth_w) * s, mouth_y * s, (fx + mouth_w) * s, mouth_y * s], fill=lips, width=max(1, int(1.8 * s))
+        )
     if rng.random() < 0.3:
         attributes.add("Rosy_Cheeks")
         for side in (-1, 1):
-            blush = tuple((2 * c + r) // 3 for c, r in zip(skin, (235, 110, 110)))
+            blush = tuple((2 * c + r) // 3 for c, r in zip(skin, (235, 110, 110), strict=True))
             draw.ellipse(box(fx + side * 11, cy + 7, 3.5, 2.2), fill=blush)
 
     roll = rng.uniform(-12, 12)

@@ -56,25 +56,38 @@ def fake_celeba(tmp_path: Path) -> Path:
 
 
 TINY_MODEL = [
-    "--model.latent_dim", "8",
-    "--model.g_width", "4",
-    "--model.d_width", "4",
-    "--model.num_fixed_samples", "4",
+    "--model.latent_dim",
+    "8",
+    "--model.g_width",
+    "4",
+    "--model.d_width",
+    "4",
+    "--model.num_fixed_samples",
+    "4",
 ]
 
 
 def celeba_args(data_dir: Path, run_dir: Path, batch_size: int = 4) -> list[str]:
     """Command-line overrides that turn configs/dcgan.yaml into a seconds-long CPU run."""
     return [
-        "--config", str(REPO / "configs" / "dcgan.yaml"),
-        "--data.data_dir", str(data_dir),
-        "--data.image_size", "16",
-        "--data.batch_size", str(batch_size),
-        "--data.num_workers", "0",
-        "--trainer.accelerator", "cpu",
-        "--trainer.logger.init_args.save_dir", str(run_dir),
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
+        "--config",
+        str(REPO / "configs" / "dcgan.yaml"),
+        "--data.data_dir",
+        str(data_dir),
+        "--data.image_size",
+        "16",
+        "--data.batch_size",
+        str(batch_size),
+        "--data.num_workers",
+        "0",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.logger.init_args.save_dir",
+        str(run_dir),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
         *TINY_MODEL,
     ]
 
@@ -83,5 +96,10 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.Comp
     """Runs ``python -m lightning_faces ARGS`` as a user would, offline."""
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "lightning_faces", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "lightning_faces", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

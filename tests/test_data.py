@@ -1,11 +1,16 @@
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from lightning_faces.data import CELEBA_ATTRIBUTES, CelebA, CelebADataModule, ImageFolder, ImageFolderDataModule, crop_and_resize
+from lightning_faces.data import (
+    CELEBA_ATTRIBUTES,
+    CelebA,
+    CelebADataModule,
+    ImageFolder,
+    ImageFolderDataModule,
+    crop_and_resize,
+)
 from lightning_faces.errors import FacesError
 from lightning_faces.synthetic import SyntheticFacesDataModule, render_faces
 from tests.conftest import face_like_image, write_celeba
@@ -86,7 +91,9 @@ def test_batch_larger_than_the_dataset_is_refused(fake_celeba):
 
 
 def test_samples_per_epoch_trains_each_epoch_on_a_fresh_subset(fake_celeba):
-    module = CelebADataModule(data_dir=str(fake_celeba), image_size=16, batch_size=2, num_workers=0, samples_per_epoch=6)
+    module = CelebADataModule(
+        data_dir=str(fake_celeba), image_size=16, batch_size=2, num_workers=0, samples_per_epoch=6
+    )
     module.setup("fit")
     loader = module.train_dataloader()
     epochs = [torch.cat([images.flatten(1) for images, _ in loader]) for _ in range(3)]
@@ -117,6 +124,10 @@ def test_celeba_without_valid_rows_skips_validation_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="no images, so validation is skipped"):
         module.setup("fit")
     assert module.val_dataloader() == []
+    with pytest.raises(FacesError, match="no validation split with images"):
+        CelebADataModule(data_dir=str(root), image_size=16, batch_size=2, num_workers=0).setup("validate")
+    with pytest.raises(FacesError, match="test split has no images"):
+        module.setup("test")
 
 
 def test_plain_image_folder_is_a_dataset(tmp_path):

@@ -42,9 +42,7 @@ def test_discriminator_loss_is_binary_cross_entropy():
         p = 1 / (1 + math.exp(-logit))
         return -(target * math.log(p) + (1 - target) * math.log(1 - p))
 
-    expected = 0.5 * (
-        (bce(2.0, 0.9) + bce(-1.0, 0.9)) / 2 + (bce(0.5, 0.0) + bce(-3.0, 0.1)) / 2
-    )
+    expected = 0.5 * ((bce(2.0, 0.9) + bce(-1.0, 0.9)) / 2 + (bce(0.5, 0.0) + bce(-3.0, 0.1)) / 2)
     assert discriminator_loss(real_logits, fake_logits, real_t, fake_t).item() == pytest.approx(expected, rel=1e-6)
 
 

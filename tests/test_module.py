@@ -1,8 +1,10 @@
 import pickle
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import lightning_faces.module as module_under_test
 from lightning_faces.callbacks import SampleGrid
@@ -20,9 +22,16 @@ def make_model(**kwargs) -> GAN:
 def train(tmp_path, model: GAN, steps: int, callbacks=(), **trainer_kwargs) -> L.Trainer:
     data = SyntheticFacesDataModule(num_images=32, num_val_images=0, image_size=16, batch_size=8)
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path, callbacks=list(callbacks),
-        plugins=[SafeCheckpointIO()], **trainer_kwargs,
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=list(callbacks),
+        plugins=[SafeCheckpointIO()],
+        **trainer_kwargs,
     )
     trainer.fit(model, data)
     return trainer
@@ -174,9 +183,11 @@ def test_sample_grids_are_written_at_start_and_end(tmp_path):
     train(tmp_path, make_model(), steps=3, callbacks=[SampleGrid(every_n_steps=2)])
     names = sorted(p.name for p in (tmp_path / "samples").glob("*.png"))
     assert names == ["step_0000000.png", "step_0000002.png", "step_0000003.png"]
-    from PIL import Image
-
-    assert Image.open(tmp_path / "samples" / names[-1]).size == (2 * 18 + 2, 2 * 18 + 2)  # 2x2 grid of 16px
+    # a 2x2 grid of 16 px samples shown 4x (64 px cells), with 2 px padding
+    grid = np.asarray(Image.open(tmp_path / "samples" / names[-1]))
+    assert grid.shape == (2 * 66 + 2, 2 * 66 + 2, 3)
+    cell = grid[2:66, 2:66]
+    assert (cell[::4, ::4] == cell[3::4, 3::4]).all()  # each generated pixel is a 4x4 block
 
 
 class _Exploit:
