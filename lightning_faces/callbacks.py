@@ -54,6 +54,7 @@ class SampleGrid(L.Callback):
         grid = make_grid(images, nrow=int(len(images) ** 0.5), padding=2, pad_value=255)
         path = run_folder(trainer) / "samples" / f"step_{trainer.global_step:07d}.png"
         save_png(grid, path)
+        log_image(trainer, "samples", grid)
         return path
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -72,6 +73,93 @@ class SampleGrid(L.Callback):
         path = run_folder(trainer) / "samples" / f"step_{trainer.global_step:07d}.png"
         if not path.exists():
             self.save(trainer, module)
+        if trainer.is_global_zero:
+            write_gif(sorted(path.parent.glob("step_*.png")), run_folder(trainer) / "samples.gif")
+
+
+def log_image(trainer: L.Trainer, key: str, image: torch.Tensor) -> None:
+    """Sends a uint8 (3, H, W) image to every logger that takes images (W&B, TensorBoard)."""
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[image.permute(1, 2, 0).cpu().numpy()], step=trainer.global_step)
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(key, image, trainer.global_step)
+
+
+def write_gif(frames: list[Path], path: Path, frame_ms: int = 250, hold_last_ms: int = 2000) -> None:
+    """Animates the sample grids over training: one frame per grid, the last one held."""
+    if not frames:
+        return
+    images = [Image.open(frame).convert("RGB") for frame in frames]
+    durations = [frame_ms] * (len(images) - 1) + [hold_last_ms]
+    with atomic_path(path) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
+
+
+class LearningCurves(L.Callback):
+    """Keeps the logged losses and FID against the iteration and plots them into ``curves.png``.
+
+    The history is saved in checkpoints, so a resumed run plots its whole history.
+
+    Args:
+        keys: logged metrics to record, each drawn in its own panel.
+    """
+
+    def __init__(
+        self, keys: tuple[str, ...] = ("train/d_loss", "train/g_loss", "train/d_real", "train/d_fake", "val/fid")
+    ) -> None:
+        self.keys = tuple(keys)
+        self.history: dict[str, list[tuple[int, float]]] = {key: [] for key in self.keys}
+
+    def _record(self, trainer: L.Trainer) -> None:
+        for key in self.keys:
+            value = trainer.callback_metrics.get(key)
+            points = self.history[key]
+            if value is not None and (not points or points[-1][0] != trainer.global_step):
+                points.append((trainer.global_step, float(value)))
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step % trainer.log_every_n_steps == 0:
+            self._record(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._record(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._record(trainer)
+        if trainer.is_global_zero:
+            plot_curves(self.history, run_folder(trainer) / "curves.png")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history.update(state_dict["history"])
+
+
+def plot_curves(history: dict[str, list[tuple[int, float]]], path: Path) -> None:
+    """One panel per metric with points, against the iteration, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a cluster node
+    import matplotlib.pyplot as plt
+
+    series = {key: points for key, points in history.items() if points}
+    if not series:
+        return
+    fig, axes = plt.subplots(len(series), 1, figsize=(7, 2.2 * len(series)), sharex=True, squeeze=False)
+    for ax, (key, points) in zip(axes[:, 0], series.items(), strict=True):
+        steps, values = zip(*points, strict=True)
+        ax.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3)
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("iteration")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
 
 
 class ImageWriter(BasePredictionWriter):

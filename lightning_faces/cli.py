@@ -1,41 +1,118 @@
-"""``python -m lightning_faces {fit,validate,test,predict} --config configs/....yaml``"""
+"""``python -m lightning_faces {fit,validate,test,predict,fid,download-weights} ...``
+
+The four training subcommands are LightningCLI's; ``fid`` and ``download-weights`` are plain
+commands (see ``tools.py``).
+"""
 
 from __future__ import annotations
 
+import netrc
+import os
 import sys
+from collections.abc import Iterator
+from typing import Any
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
 
-from lightning_faces.checkpoint import SafeCheckpointIO
+from lightning_faces.checkpoint import SafeCheckpointIO, load_checkpoint
 from lightning_faces.data import FaceDataModule
 from lightning_faces.errors import FacesError
+from lightning_faces.metrics import FID
 from lightning_faces.module import GAN
 
 
+class SaveConfigToLoggers(SaveConfigCallback):
+    """Saves the resolved config to the run folder (as LightningCLI does) and to W&B's run config."""
+
+    def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.config.update(self.config.as_dict(), allow_val_change=True)
+
+
 class FacesCLI(LightningCLI):
-    """LightningCLI for the GAN: the data's image size is the model's, checkpoints are safe."""
+    """LightningCLI for the GAN: the data's image size is the model's, checkpoints are safe,
+    W&B never waits at a login prompt, FID's weights are checked before training."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # one source of truth: G draws, and D judges, images of the size the data delivers
         parser.link_arguments("data.init_args.image_size", "model.image_size")
+        parser.add_lightning_class_args(FID, "fid")  # the `fid:` section; added to the callbacks
 
-    def instantiate_trainer(self, **kwargs):  # type: ignore[no-untyped-def]
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        wandb_loggers = [spec for spec in _logger_specs(config) if "WandbLogger" in str(spec.get("class_path", ""))]
+        if not wandb_loggers:
+            return
+        _use_wandb_offline_without_credentials()
+        checkpoint = config.get("ckpt_path")
+        if self.subcommand == "fit" and checkpoint:
+            run_id = load_checkpoint(checkpoint).get("wandb_run_id")
+            for spec in wandb_loggers:
+                if run_id and not spec["init_args"].get("id"):
+                    spec["init_args"]["id"] = run_id  # continue the same W&B run, not a new one
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
         plugins = self._get(self.config_init, "trainer.plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs["plugins"] = [*plugins, SafeCheckpointIO()]
+        fid = self._get(self.config_init, "fid")
+        if fid is not None and fid.active:
+            callbacks = self._get(self.config_init, "trainer.callbacks") or []
+            callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+            kwargs["callbacks"] = [*callbacks, fid.best_checkpoint()]
         return super().instantiate_trainer(**kwargs)
+
+    def before_fit(self) -> None:
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, FID):
+                callback.check()  # fail now, not after an epoch of training
+
+
+def _logger_specs(config: Any) -> Iterator[Any]:
+    loggers = config.get("trainer", {}).get("logger")
+    for spec in loggers if isinstance(loggers, list) else [loggers]:
+        if hasattr(spec, "get") and spec.get("class_path"):
+            yield spec
+
+
+def _use_wandb_offline_without_credentials() -> None:
+    """W&B would prompt for a key (and a batch job would hang): without one, log offline."""
+    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
+        return
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        if netrc.netrc(os.environ.get("NETRC")).authenticators(host):
+            return
+    except (FileNotFoundError, netrc.NetrcParseError):
+        pass
+    os.environ["WANDB_MODE"] = "offline"
+    print(
+        "W&B: no API key found (WANDB_API_KEY or `wandb login`), so this run logs offline under "
+        "<save_dir>/wandb/; upload it later with `wandb sync <save_dir>/wandb/offline-run-*`",
+        file=sys.stderr,
+    )
 
 
 def main(args: list[str] | None = None) -> None:
     """Runs the CLI; a FacesError becomes one line on stderr and exit status 2."""
+    argv = sys.argv[1:] if args is None else args
     try:
+        if argv and argv[0] in ("fid", "download-weights"):
+            from lightning_faces.tools import run_tool
+
+            run_tool(argv)
+            return
         FacesCLI(
             GAN,
             FaceDataModule,
             subclass_mode_data=True,
             auto_configure_optimizers=False,  # the GAN configures its two optimizers itself
+            save_config_callback=SaveConfigToLoggers,
             args=args,
         )
     except FacesError as error:

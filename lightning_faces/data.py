@@ -211,6 +211,14 @@ class FaceDataModule(L.LightningDataModule):
     def eval_dataset(self, stage: Literal["validate", "test"]) -> Dataset | None:
         return None
 
+    def real_images(self, split: Split) -> Dataset:
+        """Real images of a split, preprocessed as for training but never flipped (for FID)."""
+        raise FacesError(f"{type(self).__name__} has no split '{split}' of real images")
+
+    def describe(self, split: Split) -> dict[str, object]:
+        """What identifies ``real_images(split)``: FID's cached real statistics are keyed on it."""
+        return {"source": type(self).__name__, "split": split, "image_size": self.image_size}
+
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.train_set is None:
             self.train_set = self.train_dataset()
@@ -321,6 +329,19 @@ class CelebADataModule(FaceDataModule):
             )
         return dataset
 
+    def real_images(self, split: Split) -> Dataset:
+        dataset = CelebA(self.data_dir, split, self.image_size, self.crop)
+        if len(dataset) == 0:
+            raise FacesError(f"CelebA split '{split}' under {dataset.folder} has no images to compare against")
+        return dataset
+
+    def describe(self, split: Split) -> dict[str, object]:
+        folder = Path(self.data_dir).expanduser().resolve() / "celeba"
+        listing = folder / "list_attr_celeba.txt"
+        # the attribute list changes when images are added or removed
+        stamp = listing.stat().st_mtime_ns if listing.exists() else None
+        return {**super().describe(split), "folder": str(folder), "crop": self.crop, "listing": stamp}
+
     def eval_dataset(self, stage: Literal["validate", "test"]) -> Dataset | None:
         split = self.val_split if stage == "validate" else "test"
         if split is None:
@@ -383,3 +404,20 @@ class ImageFolderDataModule(FaceDataModule):
 
     def train_dataset(self) -> Dataset:
         return ImageFolder(self.data_dir, self.image_size, self.crop)
+
+    def real_images(self, split: Split) -> Dataset:
+        if split not in ("train", "all"):
+            raise FacesError(f"an image folder has no '{split}' split: use real_split train")
+        return self.train_dataset()
+
+    def describe(self, split: Split) -> dict[str, object]:
+        folder = Path(self.data_dir).expanduser().resolve()
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        newest = max((p.stat().st_mtime_ns for p in files), default=None)
+        return {
+            **super().describe("all"),
+            "folder": str(folder),
+            "crop": self.crop,
+            "files": len(files),
+            "newest": newest,
+        }

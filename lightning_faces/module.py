@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import lightning as L
@@ -59,6 +60,8 @@ class GAN(L.LightningModule):
         g_steps_per_d_step: update G k times per batch, each on fresh latents.
         d_skip_accuracy: skip D's update on batches where its accuracy is above this.
         gradient_clip_norm: clip each player's gradient norm to this (``None``: no clipping).
+        ema_decay: keep an exponential moving average of G's weights with this decay (e.g.
+            0.999) and use it for samples and FID; ``None`` turns it off.
         num_fixed_samples: size of the fixed latent batch rendered as a grid of samples.
         seed: seeds the fixed latents and the virtual-batch-norm references.
     """
@@ -84,6 +87,7 @@ class GAN(L.LightningModule):
         g_steps_per_d_step: int = 1,
         d_skip_accuracy: float | None = None,
         gradient_clip_norm: float | None = None,
+        ema_decay: float | None = None,
         num_fixed_samples: int = 64,
         seed: int = 0,
     ) -> None:
@@ -105,6 +109,10 @@ class GAN(L.LightningModule):
         self.register_buffer("fixed_latents", torch.randn(num_fixed_samples, latent_dim, generator=seeded))
         if self.generator.uses_virtual_batch_norm:
             self.generator.set_reference(torch.randn(vbn_reference_size, latent_dim, generator=seeded))
+        if ema_decay is not None:
+            if not 0 < ema_decay < 1:
+                raise FacesError(f"ema_decay must be between 0 and 1 (e.g. 0.999), got {ema_decay}")
+            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
         if historical_averaging_weight > 0:
             self.g_average = ParameterAverage(self.generator)
             self.d_average = ParameterAverage(self.discriminator)
@@ -183,7 +191,17 @@ class GAN(L.LightningModule):
             g_opt.step()
         if hp.historical_averaging_weight > 0:
             self.g_average.update(self.generator)
+        if hp.ema_decay is not None:
+            self._update_ema()
         return g_loss.detach()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # ema <- decay * ema + (1 - decay) * G; buffers (batch-norm statistics) are copied
+        weight = 1.0 - self.hparams.ema_decay
+        torch._foreach_lerp_(list(self.generator_ema.parameters()), list(self.generator.parameters()), weight)
+        for ema_buffer, buffer in zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True):
+            ema_buffer.copy_(buffer)
 
     def _clip(self, optimizer: Any) -> None:
         if self.hparams.gradient_clip_norm is not None:
@@ -206,13 +224,17 @@ class GAN(L.LightningModule):
 
     @torch.no_grad()
     def generate(self, latents: torch.Tensor) -> torch.Tensor:
-        """Renders latents (B, latent_dim) into images (B, 3, S, S) in [-1, 1], G in eval mode."""
-        was_training = self.generator.training
-        self.generator.eval()
+        """Renders latents (B, latent_dim) into images (B, 3, S, S) in [-1, 1].
+
+        Uses G's EMA when there is one, in eval mode (batch-norm running statistics).
+        """
+        generator = self.generator_ema if self.hparams.ema_decay is not None else self.generator
+        was_training = generator.training
+        generator.eval()
         try:
-            return self.generator(latents.to(self.device))
+            return generator(latents.to(self.device))
         finally:
-            self.generator.train(was_training)
+            generator.train(was_training)
 
     # validation and test: D's view of held-out real images against fresh fakes
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -264,12 +286,18 @@ class GAN(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["iteration"] = self.iteration
+        for logger in self.trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                checkpoint["wandb_run_id"] = logger.version  # a resumed run continues this W&B run
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.iteration = int(checkpoint.get("iteration", 0))
         # reference batches are buffers that start empty: give them the saved shapes first
         state = checkpoint["state_dict"]
-        for name, net in (("generator", self.generator), ("discriminator", self.discriminator)):
+        nets = [("generator", self.generator), ("discriminator", self.discriminator)]
+        if self.hparams.ema_decay is not None:
+            nets.append(("generator_ema", self.generator_ema))
+        for name, net in nets:
             if f"{name}.reference" in state:
                 net.set_reference(state[f"{name}.reference"])
 

@@ -17,7 +17,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset, TensorDataset
 
-from lightning_faces.data import CELEBA_ATTRIBUTES, FaceDataModule
+from lightning_faces.data import CELEBA_ATTRIBUTES, FaceDataModule, Split
+from lightning_faces.errors import FacesError
 
 Color = tuple[int, int, int]
 
@@ -231,6 +232,17 @@ class SyntheticFacesDataModule(FaceDataModule):
 
     def train_dataset(self) -> Dataset:
         return TensorDataset(*render_faces(self.num_images, self.image_size, self.seed))
+
+    def real_images(self, split: Split) -> Dataset:
+        if split == "train":
+            return self.train_dataset()
+        if split == "valid" and self.num_val_images > 0:
+            return self.eval_dataset("validate")  # type: ignore[return-value]
+        raise FacesError(f"drawn faces have splits 'train' and 'valid' (with num_val_images > 0), not '{split}'")
+
+    def describe(self, split: Split) -> dict[str, object]:
+        count = self.num_images if split == "train" else self.num_val_images
+        return {**super().describe(split), "seed": self.seed, "count": count}
 
     def eval_dataset(self, stage: Literal["validate", "test"]) -> Dataset | None:
         if self.num_val_images == 0:

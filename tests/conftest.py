@@ -55,46 +55,36 @@ def fake_celeba(tmp_path: Path) -> Path:
     return write_celeba(tmp_path / "data")
 
 
-TINY_MODEL = [
-    "--model.latent_dim",
-    "8",
-    "--model.g_width",
-    "4",
-    "--model.d_width",
-    "4",
-    "--model.num_fixed_samples",
-    "4",
-]
+def flags(values: dict[str, object]) -> list[str]:
+    """{"--a": 1, "--b": "x"} -> ["--a", "1", "--b", "x"]"""
+    return [str(item) for pair in values.items() for item in pair]
+
+
+TINY_MODEL = flags(
+    {"--model.latent_dim": 8, "--model.g_width": 4, "--model.d_width": 4, "--model.num_fixed_samples": 4}
+)
 
 
 def celeba_args(data_dir: Path, run_dir: Path, batch_size: int = 4) -> list[str]:
     """Command-line overrides that turn configs/dcgan.yaml into a seconds-long CPU run."""
-    return [
-        "--config",
-        str(REPO / "configs" / "dcgan.yaml"),
-        "--data.data_dir",
-        str(data_dir),
-        "--data.image_size",
-        "16",
-        "--data.batch_size",
-        str(batch_size),
-        "--data.num_workers",
-        "0",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.logger.init_args.save_dir",
-        str(run_dir),
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.enable_model_summary",
-        "false",
-        *TINY_MODEL,
-    ]
+    overrides = {
+        "--data.data_dir": data_dir,
+        "--data.image_size": 16,
+        "--data.batch_size": batch_size,
+        "--data.num_workers": 0,
+        "--trainer.accelerator": "cpu",
+        "--trainer.logger.init_args.save_dir": run_dir,
+        "--trainer.enable_progress_bar": "false",
+        "--trainer.enable_model_summary": "false",
+        "--fid.every_n_epochs": 0,  # FID off unless a test turns it on (it needs weights)
+    }
+    return ["--config", str(REPO / "configs" / "dcgan.yaml"), *flags(overrides), *TINY_MODEL]
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
     """Runs ``python -m lightning_faces ARGS`` as a user would, offline."""
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    # PYTHONPATH: configs may name test helpers (a tiny FID feature network) by class_path
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
     return subprocess.run(
         [sys.executable, "-m", "lightning_faces", *args],
         cwd=cwd,

@@ -1,0 +1,266 @@
+"""FID while training: torchmetrics' FrechetInceptionDistance, with real statistics cached on disk.
+
+FID (Heusel et al., 2017) compares the mean and covariance of Inception features of real and
+generated images. torchmetrics keeps them as sums (features, feature outer products, count),
+summed over DDP ranks at ``compute()``. The real sums depend only on the data, so they are
+computed once per (dataset, split, resolution, preprocessing, sample count, feature extractor),
+saved, and reused by later, resumed and requeued runs; only rank 0 loads them, the other ranks
+hold zeros, so the cross-rank sum counts each real image exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from lightning_faces.errors import FacesError
+from lightning_faces.files import atomic_path
+
+INCEPTION_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+)
+REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
+WEIGHTS_KEY = "feature_extractor_weights_path"
+
+
+def default_weights_file() -> Path:
+    """Where torch-fidelity (and so torchmetrics) looks for the Inception weights first."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_URL.rsplit("/", 1)[1]
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lightning_faces" / "fid"
+
+
+def download_weights(output: str | Path | None = None) -> Path:
+    """Fetches the official FID Inception weights (run on a machine with internet access)."""
+    target = Path(output) if output else default_weights_file()
+    if target.exists():
+        return target
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(60)  # an offline node fails within a minute instead of hanging
+    try:
+        with atomic_path(target) as tmp:
+            torch.hub.download_url_to_file(INCEPTION_URL, str(tmp), progress=True)
+    except OSError as error:
+        raise FacesError(f"downloading the Inception weights from {INCEPTION_URL} failed: {error}") from error
+    finally:
+        socket.setdefaulttimeout(previous)
+    return target
+
+
+def check_inception_weights(path: str | None) -> str | None:
+    """Makes sure FID's Inception weights load without a download, before any training.
+
+    Returns the path to hand to torchmetrics (``None``: torch-fidelity's default file, which
+    exists). Raises FacesError naming the config key and the download command otherwise.
+    """
+    advice = (
+        f"set the FID callback's {WEIGHTS_KEY} to a copy of the file, or run "
+        "`python -m lightning_faces download-weights` on a machine with internet access (a login node)"
+    )
+    if path is None:
+        if not default_weights_file().exists():
+            raise FacesError(f"FID needs the Inception weights, and {default_weights_file()} does not exist: {advice}")
+        file = default_weights_file()
+    else:
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise FacesError(f"FID's {WEIGHTS_KEY} {file} is not a file: {advice}")
+    try:
+        # torch-fidelity unpickles the file freely; read it safely first, so a file from
+        # elsewhere cannot run code
+        torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise FacesError(
+            f"FID's Inception weights {file} cannot be read as plain tensors ({error}): {advice}"
+        ) from error
+    return None if path is None else str(file)
+
+
+def make_fid(weights_path: str | None = None, feature_extractor: nn.Module | None = None) -> nn.Module:
+    """torchmetrics' FID with 2048-d Inception features, or any feature network (tests)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    if feature_extractor is not None:
+        return FrechetInceptionDistance(feature=feature_extractor, reset_real_features=False)
+    try:
+        return FrechetInceptionDistance(
+            feature=2048, reset_real_features=False, feature_extractor_weights_path=weights_path
+        )
+    except ModuleNotFoundError as error:
+        raise FacesError(f"FID needs torch-fidelity ({error}): pip install torch-fidelity") from error
+
+
+def update_from_loader(fid: nn.Module, loader: DataLoader, real: bool, device: torch.device) -> None:
+    """Feeds (uint8 image, ...) batches of a loader into the metric."""
+    for batch in loader:
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        fid.update(images.to(device), real=real)
+
+
+class FID(L.Callback):
+    """Computes FID every few epochs or steps and logs it as ``val/fid``.
+
+    Generated images come from G (or its EMA) in eval mode, from latents seeded by the rank,
+    so each evaluation scores the same latents; each rank scores its share of ``num_samples``.
+
+    Args:
+        every_n_epochs: epochs between evaluations (0: none at epoch ends).
+        every_n_steps: iterations between evaluations (0: none mid-epoch); both 0 turns FID off.
+        num_samples: generated images per evaluation (the literature quotes 50,000), and the
+            most real images the statistics use.
+        real_split: the split of real images to compare with (``train``, ``valid``, ...).
+        batch_size: images per Inception forward pass.
+        feature_extractor_weights_path: the Inception weights file (``None``: torch-fidelity's
+            default location, where ``python -m lightning_faces download-weights`` puts it).
+        cache_dir: where real statistics are kept (``None``: ``~/.cache/lightning_faces/fid``).
+        feature_extractor: another feature network instead of Inception (for tests).
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        every_n_steps: int = 0,
+        num_samples: int = 10_000,
+        real_split: str = "train",
+        batch_size: int = 100,
+        feature_extractor_weights_path: str | None = None,
+        cache_dir: str | None = None,
+        feature_extractor: nn.Module | None = None,
+    ) -> None:
+        if num_samples < 2:
+            raise FacesError(f"FID needs at least 2 samples, got num_samples {num_samples}")
+        self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
+        self.num_samples, self.real_split, self.batch_size = num_samples, real_split, batch_size
+        self.weights_path = feature_extractor_weights_path
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.feature_extractor = feature_extractor
+        self.fid: nn.Module | None = None
+        self.real_ready = False  # real statistics loaded or computed into self.fid
+        self.last_cache_hit: bool | None = None
+
+    @property
+    def active(self) -> bool:
+        """FID is off when both intervals are 0 (the quickstart: no weights to download)."""
+        return bool(self.every_n_epochs or self.every_n_steps)
+
+    def check(self) -> None:
+        """Start-up check: the feature extractor can be built offline (Inception weights)."""
+        if self.active and self.feature_extractor is None:
+            self.weights_path = check_inception_weights(self.weights_path)
+
+    def best_checkpoint(self) -> ModelCheckpoint:
+        """Keeps the checkpoint with the lowest ``val/fid``, saved right after each evaluation."""
+        return ModelCheckpoint(
+            monitor="val/fid",
+            mode="min",
+            filename="best-fid-{step:07d}",
+            auto_insert_metric_name=False,
+            save_top_k=1,
+            every_n_train_steps=self.every_n_steps or None,
+            every_n_epochs=None if self.every_n_steps else self.every_n_epochs,
+            save_on_train_epoch_end=True,
+        )
+
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and self.active and self.fid is None:
+            self.check()
+            self.fid = make_fid(self.weights_path, self.feature_extractor)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self.evaluate(trainer, module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.evaluate(trainer, module)
+
+    @torch.no_grad()
+    def evaluate(self, trainer: L.Trainer, module: L.LightningModule) -> torch.Tensor:
+        assert self.fid is not None, "FID.setup() runs before evaluate()"
+        self.fid.to(module.device)
+        if not self.real_ready:
+            self._load_or_compute_real(trainer, module)
+        self.fid.reset()  # drops the fakes, keeps the real statistics
+        rank, world = trainer.global_rank, trainer.world_size
+        share = len(range(rank, self.num_samples, world))  # rank r scores samples r, r+W, ...
+        seeded = torch.Generator(device=module.device).manual_seed(10_000 + rank)
+        for start in range(0, share, self.batch_size):
+            count = min(self.batch_size, share - start)
+            images = module.generate(module.sample_latents(count, seeded))  # (B, 3, S, S) in [-1, 1]
+            self.fid.update(images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8), real=False)
+        value = self.fid.compute()  # sums the states over ranks: every rank gets the same value
+        module.log("val/fid", value, prog_bar=True, sync_dist=False)
+        return value
+
+    def _load_or_compute_real(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        assert self.fid is not None
+        datamodule = trainer.datamodule
+        dataset = datamodule.real_images(self.real_split)
+        count = min(self.num_samples, len(dataset))
+        key = {
+            "data": datamodule.describe(self.real_split),
+            "count": count,
+            "features": self._feature_identity(),
+        }
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        path = self.cache_dir / f"real-{digest}.pt"
+        states = self._read_cache(path, key)
+        self.last_cache_hit = states is not None
+        if states is None:
+            indices = range(trainer.global_rank, count, trainer.world_size)
+            loader = DataLoader(Subset(dataset, list(indices)), batch_size=self.batch_size, num_workers=0)
+            update_from_loader(self.fid, loader, real=True, device=module.device)
+            states = {
+                name: trainer.strategy.reduce(getattr(self.fid, name).clone(), reduce_op="sum") for name in REAL_STATES
+            }
+            if trainer.is_global_zero:
+                with atomic_path(path) as tmp:
+                    torch.save(
+                        {
+                            "key": json.dumps(key, sort_keys=True, default=str),
+                            **{k: v.cpu() for k, v in states.items()},
+                        },
+                        tmp,
+                    )
+        for name in REAL_STATES:
+            # rank 0 holds the totals, the others zeros: the sum over ranks is the total once
+            value = states[name].to(module.device) if trainer.is_global_zero else torch.zeros_like(states[name])
+            setattr(self.fid, name, value.to(getattr(self.fid, name).dtype).to(module.device))
+        self.real_ready = True
+
+    @torch.no_grad()
+    def _feature_identity(self) -> dict[str, object]:
+        if self.feature_extractor is not None:
+            params = list(self.feature_extractor.parameters())
+            return {
+                "network": type(self.feature_extractor).__qualname__,
+                "shapes": [list(p.shape) for p in params],
+                "checksum": float(sum(p.double().abs().sum() for p in params)),
+            }
+        file = Path(self.weights_path) if self.weights_path else default_weights_file()
+        return {"network": "inception-v3-2015-12-05", "dims": 2048, "weights_bytes": file.stat().st_size}
+
+    @staticmethod
+    def _read_cache(path: Path, key: dict[str, object]) -> dict[str, torch.Tensor] | None:
+        if not path.exists():
+            return None
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            return None  # unreadable (e.g. truncated by a crash): compute afresh and overwrite
+        if saved.get("key") != json.dumps(key, sort_keys=True, default=str):
+            return None
+        return {name: saved[name] for name in REAL_STATES}

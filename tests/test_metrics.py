@@ -1,0 +1,160 @@
+import pickle
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from torch import nn
+
+import lightning_faces.metrics as metrics
+from lightning_faces.errors import FacesError
+from lightning_faces.metrics import FID, check_inception_weights, make_fid
+from lightning_faces.synthetic import SyntheticFacesDataModule
+
+
+class TinyFeatures(nn.Module):
+    """A fixed random projection of 4x4-pooled pixels: 6 features, stands in for Inception."""
+
+    num_features = 6
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(48, 6)
+        with torch.no_grad():
+            self.proj.weight.copy_(4 * torch.randn(6, 48, generator=torch.Generator().manual_seed(0)))
+            self.proj.bias.zero_()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # uint8 (B, 3, H, W)
+        pooled = nn.functional.adaptive_avg_pool2d(images.float() / 255, 4)
+        return self.proj(pooled.flatten(1))
+
+
+def numpy_frechet(a: np.ndarray, b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)), straight from the definition."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = scipy.linalg.sqrtm(cov_a @ cov_b).real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+
+
+def random_images(n: int, seed: int, shift: int = 0, spread: int = 200) -> torch.Tensor:
+    """Images with a random colour each (from shift to shift + spread), plus pixel noise."""
+    g = torch.Generator().manual_seed(seed)
+    colours = torch.randint(0, spread, (n, 3, 1, 1), generator=g) + shift
+    noise = torch.randint(0, 40, (n, 3, 16, 16), generator=g)
+    return (colours + noise).clamp(0, 255).to(torch.uint8)
+
+
+def test_fid_as_wired_matches_a_plain_numpy_scipy_frechet_distance():
+    features = TinyFeatures()
+    real, fake = random_images(200, 1), random_images(150, 2, shift=60, spread=120)  # other mean and spread
+    fid = make_fid(feature_extractor=features)
+    fid.update(real, real=True)
+    fid.update(fake, real=False)
+    with torch.no_grad():
+        expected = numpy_frechet(features(real).double().numpy(), features(fake).double().numpy())
+    assert expected > 1.0  # the two sets really differ (same-set FID is ~0, below)
+    assert fid.compute().item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_real_against_the_same_real_images_is_about_zero():
+    fid = make_fid(feature_extractor=TinyFeatures())
+    images = random_images(100, 3)
+    fid.update(images, real=True)
+    fid.update(images, real=False)
+    assert abs(fid.compute().item()) < 1e-3
+
+
+def callback_and_trainer(tmp_path, rank=0, world=1, num_samples=40):
+    data = SyntheticFacesDataModule(num_images=48, num_val_images=0, image_size=16, batch_size=8)
+    callback = FID(
+        num_samples=num_samples, batch_size=16, cache_dir=str(tmp_path / "cache"), feature_extractor=TinyFeatures()
+    )
+    trainer = SimpleNamespace(
+        datamodule=data,
+        global_rank=rank,
+        world_size=world,
+        is_global_zero=rank == 0,
+        strategy=SimpleNamespace(reduce=lambda t, reduce_op: t),
+    )
+    module = SimpleNamespace(device=torch.device("cpu"))
+    callback.fid = make_fid(feature_extractor=callback.feature_extractor)
+    return callback, trainer, module
+
+
+def test_real_statistics_are_cached_and_reused_and_rekeyed(tmp_path):
+    first, trainer, module = callback_and_trainer(tmp_path)
+    first._load_or_compute_real(trainer, module)
+    assert first.last_cache_hit is False and int(first.fid.real_features_num_samples) == 40
+    assert len(list((tmp_path / "cache").glob("real-*.pt"))) == 1
+
+    second, trainer, module = callback_and_trainer(tmp_path)
+    second._load_or_compute_real(trainer, module)
+    assert second.last_cache_hit is True
+    for name in metrics.REAL_STATES:
+        torch.testing.assert_close(getattr(second.fid, name), getattr(first.fid, name))
+
+    other_count, trainer, module = callback_and_trainer(tmp_path, num_samples=30)  # another key
+    other_count._load_or_compute_real(trainer, module)
+    assert other_count.last_cache_hit is False and int(other_count.fid.real_features_num_samples) == 30
+    trainer.datamodule.image_size = 32  # another resolution: another key
+    other_size, _, _ = callback_and_trainer(tmp_path)
+    other_size._load_or_compute_real(trainer, module)
+    assert other_size.last_cache_hit is False
+    assert len(list((tmp_path / "cache").glob("real-*.pt"))) == 3
+
+    other_features, trainer, module = callback_and_trainer(tmp_path)
+    with torch.no_grad():
+        other_features.feature_extractor.proj.weight.mul_(2)  # another feature network: another key
+    trainer.datamodule.image_size = 16
+    other_features._load_or_compute_real(trainer, module)
+    assert other_features.last_cache_hit is False
+
+
+def test_a_damaged_cache_file_is_recomputed(tmp_path):
+    first, trainer, module = callback_and_trainer(tmp_path)
+    first._load_or_compute_real(trainer, module)
+    (cache_file,) = (tmp_path / "cache").glob("real-*.pt")
+    cache_file.write_bytes(cache_file.read_bytes()[:100])
+    again, trainer, module = callback_and_trainer(tmp_path)
+    again._load_or_compute_real(trainer, module)
+    assert again.last_cache_hit is False and int(again.fid.real_features_num_samples) == 40
+
+
+def test_only_rank_zero_holds_cached_real_statistics(tmp_path):
+    rank0, trainer, module = callback_and_trainer(tmp_path)
+    rank0._load_or_compute_real(trainer, module)
+    rank1, trainer, module = callback_and_trainer(tmp_path, rank=1, world=2)
+    rank1._load_or_compute_real(trainer, module)
+    assert rank1.last_cache_hit is True
+    # summed over ranks by torchmetrics, rank 0's totals plus zeros count each real image once
+    assert int(rank1.fid.real_features_num_samples) == 0 and rank1.fid.real_features_sum.abs().sum() == 0
+    assert int(rank0.fid.real_features_num_samples) == 40
+
+
+def test_ranks_score_disjoint_shares_that_add_up_to_num_samples():
+    for world in (1, 2, 3, 8):
+        shares = [set(range(rank, 1000, world)) for rank in range(world)]
+        assert sum(len(s) for s in shares) == 1000 and len(set().union(*shares)) == 1000
+
+
+def test_missing_inception_weights_name_the_key_and_the_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(metrics, "default_weights_file", lambda: tmp_path / "absent.pth")
+    with pytest.raises(FacesError, match="feature_extractor_weights_path.*download-weights"):
+        check_inception_weights(None)
+    with pytest.raises(FacesError, match="is not a file.*download-weights"):
+        check_inception_weights(str(tmp_path / "nope.pth"))
+
+
+def test_inception_weights_with_pickled_code_are_refused(tmp_path):
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    path = tmp_path / "weights.pth"
+    path.write_bytes(pickle.dumps({"conv.weight": Exploit()}))
+    with pytest.raises(FacesError, match="cannot be read as plain tensors"):
+        check_inception_weights(str(path))
+    torch.save({"conv.weight": torch.zeros(2)}, path)
+    assert check_inception_weights(str(path)) == str(path)
