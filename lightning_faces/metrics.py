@@ -14,12 +14,14 @@ import hashlib
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
@@ -192,7 +194,11 @@ class FID(L.Callback):
         assert self.fid is not None, "FID.setup() runs before evaluate()"
         self.fid.to(module.device)
         if not self.real_ready:
-            self._load_or_compute_real(trainer, module)
+            started = time.perf_counter()
+            path = self._load_or_compute_real(trainer, module)
+            how = "loaded from" if self.last_cache_hit else "computed and saved to"
+            rank_zero_info(f"FID: real statistics {how} {path} in {time.perf_counter() - started:.1f} s")
+        started = time.perf_counter()
         self.fid.reset()  # drops the fakes, keeps the real statistics
         rank, world = trainer.global_rank, trainer.world_size
         share = len(range(rank, self.num_samples, world))  # rank r scores samples r, r+W, ...
@@ -202,10 +208,15 @@ class FID(L.Callback):
             images = module.generate(module.sample_latents(count, seeded))  # (B, 3, S, S) in [-1, 1]
             self.fid.update(images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8), real=False)
         value = self.fid.compute()  # sums the states over ranks: every rank gets the same value
-        module.log("val/fid", value, prog_bar=True, sync_dist=False)
+        seconds = time.perf_counter() - started
+        # to the loggers once, at this iteration; self.log from a batch-end hook would be
+        # re-sent at the next logging interval as if measured then
+        for logger in trainer.loggers:
+            logger.log_metrics({"val/fid": float(value), "val/fid_seconds": seconds}, step=trainer.global_step)
+        module.log("val/fid", value, prog_bar=True, logger=False)  # for ModelCheckpoint and the bar
         return value
 
-    def _load_or_compute_real(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+    def _load_or_compute_real(self, trainer: L.Trainer, module: L.LightningModule) -> Path:
         assert self.fid is not None
         datamodule = trainer.datamodule
         dataset = datamodule.real_images(self.real_split)
@@ -240,6 +251,7 @@ class FID(L.Callback):
             value = states[name].to(module.device) if trainer.is_global_zero else torch.zeros_like(states[name])
             setattr(self.fid, name, value.to(getattr(self.fid, name).dtype).to(module.device))
         self.real_ready = True
+        return path
 
     @torch.no_grad()
     def _feature_identity(self) -> dict[str, object]:

@@ -219,3 +219,20 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
         io.save_checkpoint({"step": torch.tensor(2)}, path)
     assert int(io.load_checkpoint(path)["step"]) == 1  # the old checkpoint is intact
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # and no temporary file is left
+
+
+def test_generator_ema_averages_g_and_is_what_samples_use(tmp_path):
+    model = make_model(ema_decay=0.5)
+    start = snapshot(model.generator)
+    train(tmp_path, model, steps=1)  # one G step: ema = 0.5 * start + 0.5 * G
+    torch.testing.assert_close(snapshot(model.generator_ema), 0.5 * start + 0.5 * snapshot(model.generator))
+    z = torch.randn(3, 8)
+    model.generator_ema.eval()
+    torch.testing.assert_close(model.generate(z), model.generator_ema(z))
+    assert not torch.allclose(model.generate(z), model.generator.eval()(z))
+    path = tmp_path / "ema.ckpt"
+    model.trainer.save_checkpoint(path)
+    loaded = GAN.load_from_checkpoint(path, weights_only=True)
+    torch.testing.assert_close(snapshot(loaded.generator_ema), snapshot(model.generator_ema))
+    with pytest.raises(FacesError, match="ema_decay must be between 0 and 1"):
+        make_model(ema_decay=1.5)
