@@ -48,6 +48,12 @@ def crop_and_resize(image: Image.Image, image_size: int, crop: float) -> np.ndar
     return np.array(face, dtype=np.uint8)  # a writable copy that torch can share
 
 
+def check_crop(crop: float) -> float:
+    if not 0 < crop <= 1:
+        raise FacesError(f"crop must be a fraction of the image width in (0, 1], got {crop}")
+    return crop
+
+
 def load_face(path: Path, image_size: int, crop: float) -> torch.Tensor:
     """Reads one image file into a (3, S, S) uint8 tensor; names the file if it is unreadable."""
     try:
@@ -309,10 +315,8 @@ class CelebADataModule(FaceDataModule):
         predict_samples: int = 64,
     ) -> None:
         super().__init__(image_size, batch_size, num_workers, flip, samples_per_epoch, predict_samples)
-        if not 0 < crop <= 1:
-            raise FacesError(f"crop must be a fraction of the image width in (0, 1], got {crop}")
         self.data_dir, self.split, self.val_split = data_dir, split, val_split
-        self.crop, self.download = crop, download
+        self.crop, self.download = check_crop(crop), download
 
     def prepare_data(self) -> None:
         # runs on one process per node, before setup: the only place that may download
@@ -400,7 +404,7 @@ class ImageFolderDataModule(FaceDataModule):
         predict_samples: int = 64,
     ) -> None:
         super().__init__(image_size, batch_size, num_workers, flip, samples_per_epoch, predict_samples)
-        self.data_dir, self.crop = data_dir, crop
+        self.data_dir, self.crop = data_dir, check_crop(crop)
 
     def train_dataset(self) -> Dataset:
         return ImageFolder(self.data_dir, self.image_size, self.crop)

@@ -50,6 +50,13 @@ def test_missing_celeba_names_the_path_the_files_and_how_to_get_them(tmp_path):
         assert expected in message
 
 
+@pytest.mark.parametrize("crop", [0.0, 1.5])
+def test_crop_outside_zero_one_is_refused(tmp_path, crop):
+    for module in (CelebADataModule, ImageFolderDataModule):
+        with pytest.raises(FacesError, match="crop must be a fraction"):
+            module(data_dir=str(tmp_path), crop=crop)
+
+
 def test_data_dir_that_is_a_file_is_refused(tmp_path):
     file = tmp_path / "celeba.zip"
     file.write_bytes(b"PK")

@@ -221,6 +221,17 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # and no temporary file is left
 
 
+def test_atomically_written_files_get_an_ordinary_mode(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        SafeCheckpointIO().save_checkpoint({"step": torch.tensor(1)}, tmp_path / "a.ckpt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.ckpt").stat().st_mode & 0o777 == 0o644  # readable by a team, like torch.save's
+
+
 def test_generator_ema_averages_g_and_is_what_samples_use(tmp_path):
     model = make_model(ema_decay=0.5)
     start = snapshot(model.generator)
