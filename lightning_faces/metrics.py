@@ -24,6 +24,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
 
 from lightning_faces.errors import FacesError
 from lightning_faces.files import atomic_path
@@ -32,7 +33,7 @@ INCEPTION_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 )
 REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
-WEIGHTS_KEY = "feature_extractor_weights_path"
+WEIGHTS_KEY = "fid.feature_extractor_weights_path"
 
 
 def default_weights_file() -> Path:
@@ -69,7 +70,7 @@ def check_inception_weights(path: str | None) -> str | None:
     exists). Raises FacesError naming the config key and the download command otherwise.
     """
     advice = (
-        f"set the FID callback's {WEIGHTS_KEY} to a copy of the file, or run "
+        f"set {WEIGHTS_KEY} (--{WEIGHTS_KEY} PATH) to a copy of the file, or run "
         "`python -m lightning_faces download-weights` on a machine with internet access (a login node)"
     )
     if path is None:
@@ -79,7 +80,7 @@ def check_inception_weights(path: str | None) -> str | None:
     else:
         file = Path(path).expanduser()
         if not file.is_file():
-            raise FacesError(f"FID's {WEIGHTS_KEY} {file} is not a file: {advice}")
+            raise FacesError(f"{WEIGHTS_KEY} {file} is not a file: {advice}")
     try:
         # torch-fidelity unpickles the file freely; read it safely first, so a file from
         # elsewhere cannot run code
@@ -105,11 +106,13 @@ def make_fid(weights_path: str | None = None, feature_extractor: nn.Module | Non
         raise FacesError(f"FID needs torch-fidelity ({error}): pip install torch-fidelity") from error
 
 
-def update_from_loader(fid: nn.Module, loader: DataLoader, real: bool, device: torch.device) -> None:
-    """Feeds (uint8 image, ...) batches of a loader into the metric."""
-    for batch in loader:
-        images = batch[0] if isinstance(batch, (list, tuple)) else batch
-        fid.update(images.to(device), real=real)
+def update_from_loader(fid: nn.Module, loader: DataLoader, real: bool, device: torch.device, show: bool) -> None:
+    """Feeds (uint8 image, ...) batches of a loader into the metric, with a progress bar."""
+    with tqdm(total=len(loader.dataset), desc="FID: real statistics", unit="img", disable=not show, leave=False) as bar:
+        for batch in loader:
+            images = batch[0] if isinstance(batch, (list, tuple)) else batch
+            fid.update(images.to(device), real=real)
+            bar.update(images.shape[0])
 
 
 class FID(L.Callback):
@@ -233,7 +236,7 @@ class FID(L.Callback):
         if states is None:
             indices = range(trainer.global_rank, count, trainer.world_size)
             loader = DataLoader(Subset(dataset, list(indices)), batch_size=self.batch_size, num_workers=0)
-            update_from_loader(self.fid, loader, real=True, device=module.device)
+            update_from_loader(self.fid, loader, real=True, device=module.device, show=trainer.is_global_zero)
             states = {
                 name: trainer.strategy.reduce(getattr(self.fid, name).clone(), reduce_op="sum") for name in REAL_STATES
             }

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from lightning_faces.data import CelebA, ImageFolder
 from lightning_faces.errors import FacesError
@@ -42,7 +43,7 @@ def run_tool(argv: list[str]) -> None:
         path = download_weights(args.output)
         print(f"Inception weights at {path}")
         if args.output:
-            print(f"point the FID callback's feature_extractor_weights_path at {path}")
+            print(f"set fid.feature_extractor_weights_path: {path} in your config")
         return
     score = compute_fid(args)
     print(f"FID {score:.3f}")
@@ -56,9 +57,11 @@ def compute_fid(args: argparse.Namespace) -> float:
     fid = make_fid(weights).to(device)
     for source, real in ((args.source_a, True), (args.source_b, False)):
         count = 0
-        for images in _batches(source, image_size, args, device):
-            fid.update(images.to(device), real=real)
-            count += images.shape[0]
+        with tqdm(desc=f"Inception features of {source}", unit="img", leave=False) as progress:
+            for images in _batches(source, image_size, args, device):
+                fid.update(images.to(device), real=real)
+                count += images.shape[0]
+                progress.update(images.shape[0])
         print(f"{'A' if real else 'B'}: {count} images from {source}")
     return float(fid.compute())
 

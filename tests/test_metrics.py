@@ -1,4 +1,5 @@
 import pickle
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -158,3 +159,17 @@ def test_inception_weights_with_pickled_code_are_refused(tmp_path):
         check_inception_weights(str(path))
     torch.save({"conv.weight": torch.zeros(2)}, path)
     assert check_inception_weights(str(path)) == str(path)
+
+
+def test_failed_weights_download_says_so_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    import urllib.error
+
+    def offline(url, dst, progress=True):
+        Path(dst).write_bytes(b"partial")
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    target = tmp_path / "inception.pth"
+    with pytest.raises(FacesError, match="downloading the Inception weights from .* failed"):
+        metrics.download_weights(target)
+    assert list(tmp_path.iterdir()) == []
