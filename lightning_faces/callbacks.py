@@ -99,56 +99,47 @@ def write_gif(frames: list[Path], path: Path, frame_ms: int = 250, hold_last_ms:
 
 
 class LearningCurves(L.Callback):
-    """Keeps the logged losses and FID against the iteration and plots them into ``curves.png``.
+    """Keeps the logged training metrics against the iteration and plots them into ``curves.png``.
 
-    ``train/*`` metrics are read at each logging interval; the others (FID, logged by another
-    callback at the end of a batch or epoch) are read at the start of the next batch and at the
-    end, and recorded when their value changes. The history is saved in checkpoints, so a
-    resumed run plots its whole history.
+    Metrics are read at each logging interval. Callbacks that evaluate at their own times (FID)
+    offer their points through a ``curve_points()`` method; they are drawn in panels of their
+    own. The history is saved in checkpoints, so a resumed run plots its whole history.
 
     Args:
         keys: logged metrics to record, each drawn in its own panel.
     """
 
     def __init__(
-        self, keys: tuple[str, ...] = ("train/d_loss", "train/g_loss", "train/d_real", "train/d_fake", "val/fid")
+        self, keys: tuple[str, ...] = ("train/d_loss", "train/g_loss", "train/d_real", "train/d_fake")
     ) -> None:
         self.keys = tuple(keys)
         self.history: dict[str, list[tuple[int, float]]] = {key: [] for key in self.keys}
-        self._last: dict[str, float] = {}
 
-    def _record(self, trainer: L.Trainer, train_keys: bool) -> None:
+    def _record(self, trainer: L.Trainer) -> None:
+        metrics = trainer.callback_metrics  # rebuilt on every access: read it once per interval
         for key in self.keys:
-            value = trainer.callback_metrics.get(key)
-            if value is None or key.startswith("train/") != train_keys:
-                continue
-            value = float(value)
-            if not train_keys and self._last.get(key) == value:
-                continue  # not re-evaluated since the last point
-            self._last[key] = value
-            points = self.history[key]
-            if not points or points[-1][0] != trainer.global_step:
-                points.append((trainer.global_step, value))
-
-    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        self._record(trainer, train_keys=False)
+            value, points = metrics.get(key), self.history[key]
+            if value is not None and (not points or points[-1][0] != trainer.global_step):
+                points.append((trainer.global_step, float(value)))
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if trainer.global_step % trainer.log_every_n_steps == 0:
-            self._record(trainer, train_keys=True)
+            self._record(trainer)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._record(trainer, train_keys=True)
-        self._record(trainer, train_keys=False)
+        self._record(trainer)
         if trainer.is_global_zero:
-            plot_curves(self.history, run_folder(trainer) / "curves.png")
+            series = dict(self.history)
+            for callback in trainer.callbacks:
+                if hasattr(callback, "curve_points"):
+                    series.update(callback.curve_points())
+            plot_curves(series, run_folder(trainer) / "curves.png")
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history.update(state_dict["history"])
-        self._last = {key: points[-1][1] for key, points in self.history.items() if points}
 
 
 def plot_curves(history: dict[str, list[tuple[int, float]]], path: Path) -> None:

@@ -154,6 +154,7 @@ class FID(L.Callback):
         self.feature_extractor = feature_extractor
         self.fid: nn.Module | None = None
         self.real_ready = False  # real statistics loaded or computed into self.fid
+        self.history: list[tuple[int, float]] = []  # (iteration, FID), kept in checkpoints
         self.last_cache_hit: bool | None = None
 
     @property
@@ -217,7 +218,18 @@ class FID(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics({"val/fid": float(value), "val/fid_seconds": seconds}, step=trainer.global_step)
         module.log("val/fid", value, prog_bar=True, logger=False)  # for ModelCheckpoint and the bar
+        self.history.append((trainer.global_step, float(value)))
         return value
+
+    def curve_points(self) -> dict[str, list[tuple[int, float]]]:
+        """FID against the iteration, for ``LearningCurves``."""
+        return {"val/fid": self.history}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict["history"])
 
     def _load_or_compute_real(self, trainer: L.Trainer, module: L.LightningModule) -> Path:
         assert self.fid is not None

@@ -49,7 +49,8 @@ def test_fit_with_fid_and_wandb_offline_logs_fid_and_images_and_resumes_the_same
 
     run = runs / "dcgan" / "version_0"
     assert (run / "samples.gif").exists() and Image.open(run / "samples.gif").n_frames >= 3
-    assert Image.open(run / "curves.png").size[0] > 300
+    # five panels of 220 px: d_loss, g_loss, D(x), D(G(z)) and FID (from the FID callback)
+    assert Image.open(run / "curves.png").size == (700, 5 * 220)
     best = list((run / "checkpoints").glob("best-fid-*.ckpt"))
     assert len(best) == 1  # ModelCheckpoint on val/fid keeps the best one
     assert len(list(cache.glob("real-*.pt"))) == 1  # real statistics written once
@@ -58,12 +59,15 @@ def test_fit_with_fid_and_wandb_offline_logs_fid_and_images_and_resumes_the_same
     last = run / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=True)
     assert saved["wandb_run_id"] == run_id(run_file)
-    (curves,) = [state for name, state in saved["callbacks"].items() if name.startswith("LearningCurves")]
-    assert curves["history"]["val/fid"] == [(step, pytest.approx(value, rel=1e-5)) for step, value in fids]
+    (fid_state,) = [state for name, state in saved["callbacks"].items() if name.startswith("FID")]
+    assert fid_state["history"] == [(step, pytest.approx(value, rel=1e-5)) for step, value in fids]
     second = run_cli(["fit", *args, "--trainer.max_epochs", "3", "--ckpt_path", str(last)], cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     run_files = list(runs.glob("wandb/offline-run-*/run-*.wandb"))
     assert {run_id(f) for f in run_files} == {run_id(run_file)}
+    resumed = torch.load(runs / "dcgan" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
+    (fid_state,) = [state for name, state in resumed["callbacks"].items() if name.startswith("FID")]
+    assert [step for step, _ in fid_state["history"]] == [2, 4, 6, 8, 10, 12]  # the whole history, for curves.png
     assert len(list(cache.glob("real-*.pt"))) == 1
 
 
