@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from lightning_faces.errors import FacesError
 from lightning_faces.files import atomic_path
+from lightning_faces.module import to_uint8
 
 INCEPTION_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
@@ -210,7 +211,7 @@ class FID(L.Callback):
         for start in range(0, share, self.batch_size):
             count = min(self.batch_size, share - start)
             images = module.generate(module.sample_latents(count, seeded))  # (B, 3, S, S) in [-1, 1]
-            self.fid.update(images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8), real=False)
+            self.fid.update(to_uint8(images), real=False)
         value = self.fid.compute()  # sums the states over ranks: every rank gets the same value
         seconds = time.perf_counter() - started
         # to the loggers once, at this iteration; self.log from a batch-end hook would be
@@ -241,11 +242,12 @@ class FID(L.Callback):
             "count": count,
             "features": self._feature_identity(),
         }
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        path = self.cache_dir / f"real-{digest}.pt"
-        states = self._read_cache(path, key)
-        self.last_cache_hit = states is not None
-        if states is None:
+        key_text = json.dumps(key, sort_keys=True, default=str)
+        path = self.cache_dir / f"real-{hashlib.sha256(key_text.encode()).hexdigest()[:16]}.pt"
+        # rank 0 decides and tells the others, so that all ranks take the same branch below
+        states = self._read_cache(path, key_text) if trainer.is_global_zero else None
+        self.last_cache_hit = trainer.strategy.broadcast(states is not None, src=0)
+        if not self.last_cache_hit:
             indices = range(trainer.global_rank, count, trainer.world_size)
             loader = DataLoader(Subset(dataset, list(indices)), batch_size=self.batch_size, num_workers=0)
             update_from_loader(self.fid, loader, real=True, device=module.device, show=trainer.is_global_zero)
@@ -254,17 +256,12 @@ class FID(L.Callback):
             }
             if trainer.is_global_zero:
                 with atomic_path(path) as tmp:
-                    torch.save(
-                        {
-                            "key": json.dumps(key, sort_keys=True, default=str),
-                            **{k: v.cpu() for k, v in states.items()},
-                        },
-                        tmp,
-                    )
+                    torch.save({"key": key_text, **{name: value.cpu() for name, value in states.items()}}, tmp)
         for name in REAL_STATES:
             # rank 0 holds the totals, the others zeros: the sum over ranks is the total once
-            value = states[name].to(module.device) if trainer.is_global_zero else torch.zeros_like(states[name])
-            setattr(self.fid, name, value.to(getattr(self.fid, name).dtype).to(module.device))
+            current = getattr(self.fid, name)
+            value = states[name] if trainer.is_global_zero else torch.zeros_like(current)  # type: ignore[index]
+            setattr(self.fid, name, value.to(dtype=current.dtype, device=module.device))
         self.real_ready = True
         return path
 
@@ -281,13 +278,13 @@ class FID(L.Callback):
         return {"network": "inception-v3-2015-12-05", "dims": 2048, "weights_bytes": file.stat().st_size}
 
     @staticmethod
-    def _read_cache(path: Path, key: dict[str, object]) -> dict[str, torch.Tensor] | None:
+    def _read_cache(path: Path, key_text: str) -> dict[str, torch.Tensor] | None:
         if not path.exists():
             return None
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:
             return None  # unreadable (e.g. truncated by a crash): compute afresh and overwrite
-        if saved.get("key") != json.dumps(key, sort_keys=True, default=str):
+        if saved.get("key") != key_text:
             return None
         return {name: saved[name] for name in REAL_STATES}
