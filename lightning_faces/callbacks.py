@@ -1,4 +1,4 @@
-"""Callbacks that watch training: grids of samples from the fixed latents, generated files."""
+"""Callbacks that watch training: sample grids and their GIF, learning curves, generated files."""
 
 from __future__ import annotations
 
