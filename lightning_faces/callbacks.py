@@ -11,8 +11,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 from torchvision.utils import make_grid
 
+from lightning_faces.data import to_uint8
 from lightning_faces.files import atomic_path
-from lightning_faces.module import to_uint8
 
 
 def save_png(image: torch.Tensor, path: str | Path) -> None:
@@ -44,15 +44,20 @@ class SampleGrid(L.Callback):
         self.every_n_steps = every_n_steps
         self.min_cell_size = min_cell_size
 
+    @staticmethod
+    def path(trainer: L.Trainer) -> Path:
+        return run_folder(trainer) / "samples" / f"step_{trainer.global_step:07d}.png"
+
     def save(self, trainer: L.Trainer, module: L.LightningModule) -> Path | None:
-        if not trainer.is_global_zero:
+        """Renders and saves this iteration's grid, once (an epoch may end on a step interval)."""
+        path = self.path(trainer)
+        if not trainer.is_global_zero or path.exists():
             return None
         images = to_uint8(module.generate(module.fixed_latents))  # (N, 3, S, S)
         factor = -(-self.min_cell_size // images.shape[-1])  # ceil
         if factor > 1:
             images = images.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
         grid = make_grid(images, nrow=int(len(images) ** 0.5), padding=2, pad_value=255)
-        path = run_folder(trainer) / "samples" / f"step_{trainer.global_step:07d}.png"
         save_png(grid, path)
         log_image(trainer, "samples", grid)
         return path
@@ -70,11 +75,9 @@ class SampleGrid(L.Callback):
             self.save(trainer, module)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        path = run_folder(trainer) / "samples" / f"step_{trainer.global_step:07d}.png"
-        if not path.exists():
-            self.save(trainer, module)
+        self.save(trainer, module)
         if trainer.is_global_zero:
-            write_gif(sorted(path.parent.glob("step_*.png")), run_folder(trainer) / "samples.gif")
+            write_gif(sorted(self.path(trainer).parent.glob("step_*.png")), run_folder(trainer) / "samples.gif")
 
 
 def log_image(trainer: L.Trainer, key: str, image: torch.Tensor) -> None:

@@ -56,15 +56,12 @@ class FacesCLI(LightningCLI):
                     spec["init_args"]["id"] = run_id  # continue the same W&B run, not a new one
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        plugins = self._get(self.config_init, "trainer.plugins") or []
-        plugins = plugins if isinstance(plugins, list) else [plugins]
+        plugins = _as_list(self._get(self.config_init, "trainer.plugins"))
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs["plugins"] = [*plugins, SafeCheckpointIO()]
         fid = self._get(self.config_init, "fid")
         if fid is not None and fid.active:
-            callbacks = self._get(self.config_init, "trainer.callbacks") or []
-            callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-            kwargs["callbacks"] = [*callbacks, fid.best_checkpoint()]
+            kwargs["callbacks"] = [*_as_list(self._get(self.config_init, "trainer.callbacks")), fid.best_checkpoint()]
         return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
@@ -73,9 +70,20 @@ class FacesCLI(LightningCLI):
                 callback.check()  # fail now, not after an epoch of training
 
 
+class ShortErrorParser(LightningArgumentParser):
+    """Says what was wrong in one line (and where --help is) instead of 80 lines of usage first."""
+
+    def print_usage(self, file: Any = None) -> None:
+        pass
+
+
+def _as_list(value: Any) -> list:
+    """A config value that may be one item, a list, or unset, as a list."""
+    return value if isinstance(value, list) else [] if value is None else [value]
+
+
 def _logger_specs(config: Any) -> Iterator[Any]:
-    loggers = config.get("trainer", {}).get("logger")
-    for spec in loggers if isinstance(loggers, list) else [loggers]:
+    for spec in _as_list(config.get("trainer", {}).get("logger")):
         if hasattr(spec, "get") and spec.get("class_path"):
             yield spec
 
@@ -113,6 +121,7 @@ def main(args: list[str] | None = None) -> None:
             subclass_mode_data=True,
             auto_configure_optimizers=False,  # the GAN configures its two optimizers itself
             save_config_callback=SaveConfigToLoggers,
+            parser_class=ShortErrorParser,
             args=args,
         )
     except FacesError as error:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -48,6 +47,16 @@ def crop_and_resize(image: Image.Image, image_size: int, crop: float) -> np.ndar
     return np.array(face, dtype=np.uint8)  # a writable copy that torch can share
 
 
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images in [0, 255] -> float images in [-1, 1], the range G's tanh produces."""
+    return images.float().div(127.5).sub(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Float images in [-1, 1] -> uint8 in [0, 255], rounded."""
+    return images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
 def check_crop(crop: float) -> float:
     if not 0 < crop <= 1:
         raise FacesError(f"crop must be a fraction of the image width in (0, 1], got {crop}")
@@ -76,7 +85,6 @@ class CelebA(Dataset):
         keep = [i for i, name in enumerate(names) if split == "all" or partition.get(name) == _PARTITION_IDS[split]]
         self.filenames = [names[i] for i in keep]
         self.attributes = torch.from_numpy(attributes[keep]) if keep else torch.zeros(0, len(CELEBA_ATTRIBUTES))
-        self.attribute_names = CELEBA_ATTRIBUTES
 
     def __len__(self) -> int:
         return len(self.filenames)
@@ -149,7 +157,6 @@ class ImageFolder(Dataset):
         if not self.paths:
             raise FacesError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
         self.image_size, self.crop = image_size, crop
-        self.attribute_names: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -183,8 +190,6 @@ class FaceDataModule(L.LightningDataModule):
             (short epochs on a big dataset); ``None`` uses every image once per epoch.
         predict_samples: how many images ``predict`` generates.
     """
-
-    attribute_names: Sequence[str] = ()
 
     def __init__(
         self,
@@ -278,7 +283,7 @@ class FaceDataModule(L.LightningDataModule):
         if self.trainer is not None and self.trainer.predicting:
             return batch
         images, attributes = batch
-        images = images.float().div_(127.5).sub_(1.0)  # uint8 (B, 3, S, S) -> float in [-1, 1]
+        images = to_float(images)  # uint8 (B, 3, S, S) -> float in [-1, 1]
         if self.flip and self.trainer is not None and self.trainer.training:
             mirrored = torch.rand(images.shape[0], device=images.device) < 0.5
             images = torch.where(mirrored.view(-1, 1, 1, 1), images.flip(3), images)
@@ -297,8 +302,6 @@ class CelebADataModule(FaceDataModule):
         download: fetch CelebA with torchvision's downloader when it is missing.
         **kwargs: see ``FaceDataModule``.
     """
-
-    attribute_names = CELEBA_ATTRIBUTES
 
     def __init__(
         self,

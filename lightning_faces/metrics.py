@@ -26,9 +26,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from lightning_faces.data import to_uint8
 from lightning_faces.errors import FacesError
 from lightning_faces.files import atomic_path
-from lightning_faces.module import to_uint8
 
 INCEPTION_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
@@ -154,6 +154,7 @@ class FID(L.Callback):
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.feature_extractor = feature_extractor
         self.fid: nn.Module | None = None
+        self.weights_checked = False
         self.real_ready = False  # real statistics loaded or computed into self.fid
         self.history: list[tuple[int, float]] = []  # (iteration, FID), kept in checkpoints
         self.last_cache_hit: bool | None = None
@@ -165,8 +166,9 @@ class FID(L.Callback):
 
     def check(self) -> None:
         """Start-up check: the feature extractor can be built offline (Inception weights)."""
-        if self.active and self.feature_extractor is None:
+        if self.active and self.feature_extractor is None and not self.weights_checked:
             self.weights_path = check_inception_weights(self.weights_path)
+            self.weights_checked = True  # the CLI checks before fit, setup() again without the CLI
 
     def best_checkpoint(self) -> ModelCheckpoint:
         """Keeps the checkpoint with the lowest ``val/fid``, saved right after each evaluation."""

@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 
 from lightning_faces.averaging import ParameterAverage
+from lightning_faces.data import to_float, to_uint8
 from lightning_faces.errors import FacesError
 from lightning_faces.losses import (
     LabelSmoothing,
@@ -282,7 +283,7 @@ class GAN(L.LightningModule):
         count = min(self.hparams.vbn_reference_size, len(dataset))
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.hparams.seed))[:count]
         images = torch.stack([dataset[int(i)][0] for i in order])
-        return images.to(self.device).float().div(127.5).sub(1.0)
+        return to_float(images.to(self.device))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["iteration"] = self.iteration
@@ -300,8 +301,3 @@ class GAN(L.LightningModule):
         for name, net in nets:
             if f"{name}.reference" in state:
                 net.set_reference(state[f"{name}.reference"])
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Maps images in [-1, 1] to uint8 [0, 255] with rounding."""
-    return images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)

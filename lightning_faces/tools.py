@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from lightning_faces.data import CelebA, ImageFolder
+from lightning_faces.data import CelebA, ImageFolder, to_uint8
 from lightning_faces.errors import FacesError
 from lightning_faces.metrics import check_inception_weights, download_weights, make_fid
 
@@ -79,7 +79,7 @@ def _checkpoint_image_size(path: str) -> int:
 def _batches(source: str, image_size: int, args: argparse.Namespace, device: torch.device):
     """Yields uint8 (B, 3, S, S) batches from a folder, a CelebA folder or a checkpoint."""
     if _is_checkpoint(source):
-        from lightning_faces.module import GAN, to_uint8
+        from lightning_faces.module import GAN
 
         model = GAN.load_from_checkpoint(source, map_location=device, weights_only=True)
         if model.hparams.image_size != image_size:

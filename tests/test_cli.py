@@ -29,6 +29,7 @@ def run_main(args: list[str], capsys) -> tuple[int, str]:
 def test_wrong_config_key_stops_with_its_name(tmp_path, capsys, fake_celeba):
     code, err = run_main(["fit", *celeba_args(fake_celeba, tmp_path), "--model.learning_rate", "0.1"], capsys)
     assert code != 0 and "learning_rate" in err
+    assert len(err.strip().splitlines()) <= 3  # the reason and where --help is, no usage dump
 
 
 def one_line_error(code: int, err: str) -> str:

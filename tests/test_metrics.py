@@ -136,12 +136,6 @@ def test_only_rank_zero_holds_cached_real_statistics(tmp_path):
     assert int(rank0.fid.real_features_num_samples) == 40
 
 
-def test_ranks_score_disjoint_shares_that_add_up_to_num_samples():
-    for world in (1, 2, 3, 8):
-        shares = [set(range(rank, 1000, world)) for rank in range(world)]
-        assert sum(len(s) for s in shares) == 1000 and len(set().union(*shares)) == 1000
-
-
 def test_missing_inception_weights_name_the_key_and_the_command(tmp_path, monkeypatch):
     monkeypatch.setattr(metrics, "default_weights_file", lambda: tmp_path / "absent.pth")
     with pytest.raises(FacesError, match="feature_extractor_weights_path.*download-weights"):
