@@ -22,11 +22,25 @@ def save_png(image: torch.Tensor, path: str | Path) -> None:
 
 
 def run_folder(trainer: L.Trainer) -> Path:
-    """The run's folder: the logger's version folder, else the trainer's root folder."""
+    """The run's folder: the logger's version folder, else the trainer's root folder.
+
+    A collective call under DDP (``trainer.log_dir`` broadcasts rank 0's answer): call it on
+    every rank, in ``setup``, never from code only rank 0 runs, where it would wait forever.
+    """
     return Path(trainer.log_dir or trainer.default_root_dir)
 
 
-class SampleGrid(L.Callback):
+class _InRunFolder(L.Callback):
+    """Resolves the run folder once, on every rank, when the trainer sets up."""
+
+    folder: Path | None = None
+
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, module, stage)
+        self.folder = run_folder(trainer)
+
+
+class SampleGrid(_InRunFolder):
     """Renders the module's fixed latent batch as a grid PNG in ``<run folder>/samples/``.
 
     One grid before training (step 0), one every ``every_n_epochs`` epochs, one at the end;
@@ -44,9 +58,9 @@ class SampleGrid(L.Callback):
         self.every_n_steps = every_n_steps
         self.min_cell_size = min_cell_size
 
-    @staticmethod
-    def path(trainer: L.Trainer) -> Path:
-        return run_folder(trainer) / "samples" / f"step_{trainer.global_step:07d}.png"
+    def path(self, trainer: L.Trainer) -> Path:
+        assert self.folder is not None, "setup() runs first"
+        return self.folder / "samples" / f"step_{trainer.global_step:07d}.png"
 
     def save(self, trainer: L.Trainer, module: L.LightningModule) -> Path | None:
         """Renders and saves this iteration's grid, once (an epoch may end on a step interval)."""
@@ -77,7 +91,8 @@ class SampleGrid(L.Callback):
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.save(trainer, module)
         if trainer.is_global_zero:
-            write_gif(sorted(self.path(trainer).parent.glob("step_*.png")), run_folder(trainer) / "samples.gif")
+            samples = self.path(trainer).parent
+            write_gif(sorted(samples.glob("step_*.png")), samples.parent / "samples.gif")
 
 
 def log_image(trainer: L.Trainer, key: str, image: torch.Tensor) -> None:
@@ -101,7 +116,7 @@ def write_gif(frames: list[Path], path: Path, frame_ms: int = 250, hold_last_ms:
         images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
 
 
-class LearningCurves(L.Callback):
+class LearningCurves(_InRunFolder):
     """Keeps the logged training metrics against the iteration and plots them into ``curves.png``.
 
     Metrics are read at each logging interval. Callbacks that evaluate at their own times (FID)
@@ -136,7 +151,7 @@ class LearningCurves(L.Callback):
             for callback in trainer.callbacks:
                 if hasattr(callback, "curve_points"):
                     series.update(callback.curve_points())
-            plot_curves(series, run_folder(trainer) / "curves.png")
+            plot_curves(series, self.folder / "curves.png")
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}
@@ -168,7 +183,7 @@ def plot_curves(history: dict[str, list[tuple[int, float]]], path: Path) -> None
     plt.close(fig)
 
 
-class ImageWriter(BasePredictionWriter):
+class ImageWriter(_InRunFolder, BasePredictionWriter):
     """Writes each image ``predict`` generates as ``<output_dir>/<index>.png``.
 
     Args:
@@ -182,6 +197,7 @@ class ImageWriter(BasePredictionWriter):
     def write_on_batch_end(
         self, trainer: L.Trainer, module: L.LightningModule, prediction: dict[str, torch.Tensor], *args: Any
     ) -> None:
-        folder = Path(self.output_dir) if self.output_dir else run_folder(trainer) / "generated"
+        assert self.folder is not None, "setup() runs first"
+        folder = Path(self.output_dir) if self.output_dir else self.folder / "generated"
         for index, image in zip(prediction["indices"].tolist(), prediction["images"], strict=True):
             save_png(image, folder / f"{index:06d}.png")

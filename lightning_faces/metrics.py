@@ -119,8 +119,9 @@ def update_from_loader(fid: nn.Module, loader: DataLoader, real: bool, device: t
 class FID(L.Callback):
     """Computes FID every few epochs or steps and logs it as ``val/fid``.
 
-    Generated images come from G (or its EMA) in eval mode, from latents seeded by the rank,
-    so each evaluation scores the same latents; each rank scores its share of ``num_samples``.
+    Generated images come from G (or its EMA) in eval mode, from ``num_samples`` fixed latents,
+    so each evaluation scores the same latents; under DDP each rank scores its share of them and
+    ``compute()`` sums the feature statistics over ranks: one FID over all samples.
 
     Args:
         every_n_epochs: epochs between evaluations (0: none at epoch ends).
@@ -158,6 +159,7 @@ class FID(L.Callback):
         self.real_ready = False  # real statistics loaded or computed into self.fid
         self.history: list[tuple[int, float]] = []  # (iteration, FID), kept in checkpoints
         self.last_cache_hit: bool | None = None
+        self._fixed_latents: torch.Tensor | None = None
 
     @property
     def active(self) -> bool:
@@ -207,12 +209,11 @@ class FID(L.Callback):
             rank_zero_info(f"FID: real statistics {how} {path} in {time.perf_counter() - started:.1f} s")
         started = time.perf_counter()
         self.fid.reset()  # drops the fakes, keeps the real statistics
-        rank, world = trainer.global_rank, trainer.world_size
-        share = len(range(rank, self.num_samples, world))  # rank r scores samples r, r+W, ...
-        seeded = torch.Generator(device=module.device).manual_seed(10_000 + rank)
-        for start in range(0, share, self.batch_size):
-            count = min(self.batch_size, share - start)
-            images = module.generate(module.sample_latents(count, seeded))  # (B, 3, S, S) in [-1, 1]
+        # sample i always comes from the same latent, whatever the number of ranks; rank r
+        # scores samples r, r+W, r+2W, ...: all ranks together score each sample once
+        share = self._latents(module.hparams.latent_dim)[trainer.global_rank :: trainer.world_size]
+        for batch in share.split(self.batch_size):
+            images = module.generate(batch.to(module.device))  # (B, 3, S, S) in [-1, 1]
             self.fid.update(to_uint8(images), real=False)
         value = self.fid.compute()  # sums the states over ranks: every rank gets the same value
         seconds = time.perf_counter() - started
@@ -223,6 +224,13 @@ class FID(L.Callback):
         module.log("val/fid", value, prog_bar=True, logger=False)  # for ModelCheckpoint and the bar
         self.history.append((trainer.global_step, float(value)))
         return value
+
+    def _latents(self, latent_dim: int) -> torch.Tensor:
+        """The ``num_samples`` latents every evaluation scores, drawn once (on the CPU)."""
+        if self._fixed_latents is None or self._fixed_latents.shape != (self.num_samples, latent_dim):
+            seeded = torch.Generator().manual_seed(10_000)
+            self._fixed_latents = torch.randn(self.num_samples, latent_dim, generator=seeded)
+        return self._fixed_latents
 
     def curve_points(self) -> dict[str, list[tuple[int, float]]]:
         """FID against the iteration, for ``LearningCurves``."""

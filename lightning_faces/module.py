@@ -6,11 +6,15 @@ import copy
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.strategies import DDPStrategy, ParallelStrategy
+from torch import nn
 
 from lightning_faces.averaging import ParameterAverage
 from lightning_faces.data import to_float, to_uint8
+from lightning_faces.distributed import average_over_ranks, batch_norm_statistics, use_gan_ddp
 from lightning_faces.errors import FacesError
 from lightning_faces.losses import (
     LabelSmoothing,
@@ -37,7 +41,13 @@ class GAN(L.LightningModule):
 
     ``trainer.global_step`` counts training iterations (batches), whatever the number of
     optimizer steps in each, so ``max_steps``, ``val_check_interval`` and checkpoint intervals
-    all count iterations.
+    all count iterations. Under DDP an iteration is one batch on every rank: a global batch of
+    ``batch_size x world_size`` images.
+
+    Training latents are drawn per iteration from ``(seed, iteration)``, for the global batch,
+    and each rank takes its own slice: ranks never share latents, a resumed run draws what the
+    uninterrupted run would have, and W ranks with batch B draw what one process with batch
+    W*B draws.
 
     Args:
         latent_dim: size of z.
@@ -64,7 +74,7 @@ class GAN(L.LightningModule):
         ema_decay: keep an exponential moving average of G's weights with this decay (e.g.
             0.999) and use it for samples and FID; ``None`` turns it off.
         num_fixed_samples: size of the fixed latent batch rendered as a grid of samples.
-        seed: seeds the fixed latents and the virtual-batch-norm references.
+        seed: seeds the training latents, the fixed latents and the virtual-batch-norm references.
     """
 
     def __init__(
@@ -118,6 +128,24 @@ class GAN(L.LightningModule):
             self.g_average = ParameterAverage(self.generator)
             self.d_average = ParameterAverage(self.discriminator)
         self.iteration = 0  # batches trained on; saved in checkpoints
+        self._replicas: dict[str, nn.Module] = {}  # DDP wrappers of G and D (GANDDPStrategy)
+        self._latent_rng: torch.Generator | None = None
+
+    def setup(self, stage: str) -> None:
+        strategy = self.trainer.strategy
+        if isinstance(strategy, ParallelStrategy) and not isinstance(strategy, DDPStrategy):
+            raise FacesError(
+                f"strategy {type(strategy).__name__} is not supported: use ddp (trainer.strategy: ddp or auto)"
+            )
+        use_gan_ddp(strategy)  # runs before Lightning wraps the model: G and D get a DDP each
+
+    def distribute(self, wrap: Any) -> None:
+        """Runs training passes through ``wrap(G)`` and ``wrap(D)`` (DDP); ``None`` undoes it.
+
+        The networks stay registered as ``generator`` and ``discriminator``, so checkpoints
+        have the same keys with and without DDP.
+        """
+        self._replicas = {} if wrap is None else {"g": wrap(self.generator), "d": wrap(self.discriminator)}
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.d_optimizer(self.discriminator.parameters()), self.g_optimizer(self.generator.parameters())]
@@ -130,11 +158,13 @@ class GAN(L.LightningModule):
         batch_size = real.shape[0]
         logs: dict[str, torch.Tensor] = {}
 
-        # 1. D: learn to tell real from G's current fakes
+        # 1. D: learn to tell real from G's current fakes. Both passes go through D's DDP
+        # wrapper before one backward; G runs unwrapped (no gradients to share).
+        discriminator = self._replicas.get("d", self.discriminator)
         with torch.no_grad():
-            fake = self.generator(self.sample_latents(batch_size))
-        real_logits, _ = self.discriminator(real)
-        fake_logits, _ = self.discriminator(fake)
+            fake = self.generator(self.training_latents(batch_size, slot=0))
+        real_logits, _ = discriminator(real)
+        fake_logits, _ = discriminator(fake)
         real_targets, fake_targets = discriminator_targets(
             batch_size, hp.label_smoothing, hp.smooth_fake_labels, self.device
         )
@@ -142,8 +172,12 @@ class GAN(L.LightningModule):
         if hp.historical_averaging_weight > 0:
             d_loss = d_loss + hp.historical_averaging_weight * self.d_average.penalty(self.discriminator)
         accuracy = discriminator_accuracy(real_logits.detach(), fake_logits.detach())
-        # skipping needs the accuracy on the host: the one sync in the step, only when asked for
-        skip_d = hp.d_skip_accuracy is not None and accuracy.item() > hp.d_skip_accuracy
+        # skipping needs the accuracy on the host: the one sync in the step, only when asked
+        # for. Ranks decide together on their mean accuracy: a rank that skipped D's backward
+        # while another ran it would leave DDP waiting for gradients that never come.
+        skip_d = False
+        if hp.d_skip_accuracy is not None:
+            skip_d = self.trainer.strategy.reduce(accuracy, reduce_op="mean").item() > hp.d_skip_accuracy
         if not skip_d:
             d_opt.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
@@ -162,10 +196,15 @@ class GAN(L.LightningModule):
         )
 
         # 2. G: fool the (just updated) D, every k-th batch or k times per batch
-        if (self.iteration + 1) % hp.d_steps_per_g_step == 0:
-            for _ in range(hp.g_steps_per_d_step):
-                logs["train/g_loss"] = self._generator_step(g_opt, real)
+        g_updated = (self.iteration + 1) % hp.d_steps_per_g_step == 0
+        if g_updated:
+            for step in range(hp.g_steps_per_d_step):
+                logs["train/g_loss"] = self._generator_step(g_opt, real, slot=1 + step)
 
+        # every rank's batch-norm running statistics -> their mean, before the EMA copies them
+        average_over_ranks(batch_norm_statistics([self.generator, self.discriminator]))
+        if g_updated and hp.ema_decay is not None:
+            self._copy_buffers_to_ema()
         self.iteration += 1
         self.log_dict(logs, prog_bar=False)
         self.log_dict(
@@ -174,10 +213,11 @@ class GAN(L.LightningModule):
             logger=False,
         )
 
-    def _generator_step(self, g_opt: Any, real: torch.Tensor) -> torch.Tensor:
+    def _generator_step(self, g_opt: Any, real: torch.Tensor, slot: int) -> torch.Tensor:
         hp = self.hparams
         with self.toggled_optimizer(g_opt):  # D's parameters need no gradients here
-            fake = self.generator(self.sample_latents(real.shape[0]))
+            # through G's DDP wrapper (its gradients are averaged); D unwrapped and frozen
+            fake = self._replicas.get("g", self.generator)(self.training_latents(real.shape[0], slot))
             fake_logits, fake_features = self.discriminator(fake)
             g_loss = hp.adversarial_weight * generator_loss(fake_logits)
             if hp.feature_matching_weight > 0:
@@ -193,14 +233,18 @@ class GAN(L.LightningModule):
         if hp.historical_averaging_weight > 0:
             self.g_average.update(self.generator)
         if hp.ema_decay is not None:
-            self._update_ema()
+            self._update_ema_weights()
         return g_loss.detach()
 
     @torch.no_grad()
-    def _update_ema(self) -> None:
-        # ema <- decay * ema + (1 - decay) * G; buffers (batch-norm statistics) are copied
+    def _update_ema_weights(self) -> None:
+        # ema <- decay * ema + (1 - decay) * G, after each G update
         weight = 1.0 - self.hparams.ema_decay
         torch._foreach_lerp_(list(self.generator_ema.parameters()), list(self.generator.parameters()), weight)
+
+    @torch.no_grad()
+    def _copy_buffers_to_ema(self) -> None:
+        # batch-norm statistics are not averaged over time: the EMA uses G's current ones
         for ema_buffer, buffer in zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True):
             ema_buffer.copy_(buffer)
 
@@ -222,6 +266,21 @@ class GAN(L.LightningModule):
     def sample_latents(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draws z ~ N(0, I): (count, latent_dim) on the module's device."""
         return torch.randn(count, self.hparams.latent_dim, device=self.device, generator=generator)
+
+    def training_latents(self, count: int, slot: int) -> torch.Tensor:
+        """This rank's ``count`` latents of the global batch for this iteration and use (slot).
+
+        The global batch (``count x world_size``) is drawn from ``(seed, iteration, slot)``
+        and rank r takes rows ``r*count`` to ``(r+1)*count``.
+        """
+        trainer = self._trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if self._latent_rng is None or self._latent_rng.device != self.device:
+            self._latent_rng = torch.Generator(device=self.device)
+        key = np.random.SeedSequence([self.hparams.seed, self.iteration, slot]).generate_state(1, np.uint64)[0]
+        self._latent_rng.manual_seed(int(key))
+        latents = torch.randn(world * count, self.hparams.latent_dim, device=self.device, generator=self._latent_rng)
+        return latents[rank * count : (rank + 1) * count]
 
     @torch.no_grad()
     def generate(self, latents: torch.Tensor) -> torch.Tensor:
@@ -247,7 +306,9 @@ class GAN(L.LightningModule):
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, prefix: str) -> None:
         real, _ = batch
         # the same latents for batch i at every evaluation, so numbers compare across epochs
-        seeded = torch.Generator(device=self.device).manual_seed(self.hparams.seed + 1 + batch_idx)
+        # (and different latents on each rank, whose batch i holds different images)
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        seeded = torch.Generator(device=self.device).manual_seed(self.hparams.seed + 1 + batch_idx * world + rank)
         fake = self.generator(self.sample_latents(real.shape[0], seeded))
         real_logits, _ = self.discriminator(real)
         fake_logits, _ = self.discriminator(fake)
@@ -270,6 +331,11 @@ class GAN(L.LightningModule):
         return {"indices": batch.cpu(), "images": to_uint8(images).cpu()}
 
     def on_fit_start(self) -> None:
+        if self.device.type == "cpu" and any(isinstance(m, nn.SyncBatchNorm) for m in self.modules()):
+            raise FacesError(
+                "trainer.sync_batchnorm needs GPUs (torch's SyncBatchNorm does not run on CPU): "
+                "on CPU set it to false, or use model.g_norm/d_norm virtual or none"
+            )
         if self.discriminator.uses_virtual_batch_norm and self.discriminator.reference is None:
             self.discriminator.set_reference(self._reference_images())
 

@@ -1,0 +1,84 @@
+"""DDP for a GAN: each network in its own DistributedDataParallel, batch norm kept in step.
+
+Lightning's ``DDPStrategy`` wraps the whole LightningModule in one DDP. A GAN step then has
+parameters that no backward reaches (G's in D's update, D's frozen ones in G's), and DDP stops
+with "parameters that were not used in producing the loss" unless ``find_unused_parameters``
+makes it search the graph on every backward. ``GANDDPStrategy`` wraps G and D separately
+instead: D's update runs through D's wrapper, G's update through G's, so each backward reaches
+every parameter its wrapper owns and nothing has to be searched for.
+
+The wrappers do not broadcast buffers: DDP copies rank 0's buffers in place before every forward
+pass, and D's two passes (real, then fake) before one backward then trip autograd's in-place
+check on batch norm's running statistics. The GAN averages those statistics over ranks once per
+iteration instead (``average_batch_norm_statistics``), so every rank samples, scores FID and
+saves with the same statistics, estimated from all ranks' batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.distributed as dist
+from lightning.pytorch.strategies import DDPStrategy
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+class GANDDPStrategy(DDPStrategy):
+    """``DDPStrategy`` that wraps G and D in a DDP each instead of the LightningModule in one.
+
+    The GAN switches a plain ``DDPStrategy`` (``strategy: ddp``, or ``auto`` on several devices)
+    to this one by itself; pass it explicitly only to set DDP options.
+    """
+
+    def configure_ddp(self) -> None:
+        module = self.lightning_module
+        if not hasattr(module, "distribute"):
+            raise TypeError(f"{type(self).__name__} trains lightning_faces.GAN modules, not {type(module).__name__}")
+        module.distribute(self.wrap)
+
+    def wrap(self, net: nn.Module) -> DistributedDataParallel:
+        """One network in its own DDP, without the per-forward buffer broadcast (see above)."""
+        options = {**self._ddp_kwargs, "broadcast_buffers": False}
+        return DistributedDataParallel(net, device_ids=self.determine_ddp_device_ids(), **options)
+
+    def teardown(self) -> None:
+        module = self.lightning_module
+        if module is not None and hasattr(module, "distribute"):
+            module.distribute(None)
+        super().teardown()
+
+
+def use_gan_ddp(strategy: object) -> None:
+    """Switches Lightning's plain DDPStrategy to ``GANDDPStrategy``, keeping all its settings.
+
+    Called from ``GAN.setup``, which Lightning runs before the strategy wraps the model, so the
+    same YAML works with ``strategy: auto`` on one device and ``ddp`` on many.
+    """
+    if type(strategy) is DDPStrategy:
+        # the subclass adds no state, only overrides how the model is wrapped
+        strategy.__class__ = GANDDPStrategy
+
+
+def batch_norm_statistics(nets: Iterable[nn.Module]) -> list[torch.Tensor]:
+    """Running means and variances of the plain batch-norm layers (SyncBatchNorm agrees already)."""
+    tensors = []
+    for net in nets:
+        for layer in net.modules():
+            plain = isinstance(layer, nn.modules.batchnorm._BatchNorm) and not isinstance(layer, nn.SyncBatchNorm)
+            if plain and layer.track_running_stats:
+                tensors += [layer.running_mean, layer.running_var]
+    return tensors
+
+
+@torch.no_grad()
+def average_over_ranks(tensors: list[torch.Tensor]) -> None:
+    """Replaces each tensor by its mean over all ranks, in one collective call."""
+    if not tensors or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for tensor, value in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
+        tensor.copy_(value.view_as(tensor))

@@ -1,0 +1,55 @@
+"""Callbacks that tests add to real runs (by class path) to look inside them."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+
+class DumpState(L.Callback):
+    """At the end of fit, every rank saves what it holds: module state, optimizer steps, iteration."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        state = {
+            "state_dict": {name: value.detach().cpu().clone() for name, value in module.state_dict().items()},
+            "optimizer_steps": [
+                [int(s["step"]) for s in optimizer.state_dict()["state"].values()] for optimizer in trainer.optimizers
+            ],
+            "iteration": module.iteration,
+            "global_step": trainer.global_step,
+            "world_size": trainer.world_size,
+        }
+        torch.save(state, self.folder / f"rank{trainer.global_rank}.pt")
+
+
+class PauseAt(L.Callback):
+    """Holds the first run of a SLURM job at an iteration until a signal arrives (or 120 s pass).
+
+    Writes ``marker`` when it starts waiting, so a test knows when to send SLURM's warning
+    signal: the job is then certainly mid-run. A requeued run (SLURM_RESTART_COUNT > 0) does not
+    pause.
+    """
+
+    def __init__(self, step: int, marker: str) -> None:
+        self.step, self.marker = step, Path(marker)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: object) -> None:
+        if trainer.global_step != self.step or int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0:
+            return
+        from lightning_faces.slurm import Requeue
+
+        requeue = next(c for c in trainer.callbacks if isinstance(c, Requeue))
+        if trainer.is_global_zero:
+            self.marker.write_text(str(self.step))
+        for _ in range(1200):
+            if requeue.signalled:
+                return
+            time.sleep(0.1)

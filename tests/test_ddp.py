@@ -1,0 +1,140 @@
+"""Real DDP on CPU: two processes (gloo) started by ``python -m lightning_faces fit``."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lightning_faces.module import GAN
+from tests.conftest import celeba_args, flags, run_cli
+
+pytestmark = pytest.mark.timeout(600)  # a collective that never matches hangs: fail instead
+
+
+def fit(tmp: Path, data: Path, name: str, devices: int, batch_size: int, extra: list[str]) -> dict[int, dict]:
+    """Trains 6 iterations on ``devices`` CPU processes; returns each rank's final state."""
+    args = [
+        "fit",
+        *celeba_args(data, tmp / name, batch_size=batch_size),
+        *flags({"--trainer.devices": devices, "--trainer.max_steps": 6, "--data.flip": "false"}),
+        *flags({"--data.val_split": "null", "--trainer.log_every_n_steps": 1}),
+        "--trainer.callbacks+=tests.probes.DumpState",
+        f"--trainer.callbacks.folder={tmp / name / 'state'}",
+        *(["--trainer.strategy", "ddp"] if devices > 1 else []),
+        *extra,
+    ]
+    result = run_cli(args, cwd=tmp, timeout=400)
+    assert result.returncode == 0, result.stderr[-4000:]
+    states = {int(p.stem[4:]): torch.load(p, weights_only=True) for p in (tmp / name / "state").glob("rank*.pt")}
+    assert sorted(states) == list(range(devices))
+    return states
+
+
+def logged(tmp: Path, name: str, key: str) -> list[tuple[int, float]]:
+    (metrics,) = (tmp / name).rglob("metrics.csv")
+    with metrics.open() as file:
+        return [(int(row["step"]), float(row[key])) for row in csv.DictReader(file) if row.get(key)]
+
+
+def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str = "") -> float:
+    keys = [k for k in a if k.startswith(prefix) and a[k].is_floating_point()]
+    assert keys and keys == [k for k in b if k.startswith(prefix) and b[k].is_floating_point()]
+    return max(float((a[k] - b[k]).abs().max()) for k in keys)
+
+
+def test_ranks_hold_identical_networks_with_every_trick_on(tmp_path, fake_celeba):
+    # batch norm in G and D (D's two forward passes before one backward), EMA, historical
+    # averaging, feature matching, D skipping (a decision the ranks must take together)
+    tricks = {
+        "--model.ema_decay": 0.9,
+        "--model.historical_averaging_weight": 0.1,
+        "--model.feature_matching_weight": 1.0,
+        "--model.d_skip_accuracy": 0.6,
+        "--model.g_steps_per_d_step": 2,
+    }
+    states = fit(tmp_path, fake_celeba, "ddp", devices=2, batch_size=4, extra=flags(tricks))
+    rank0, rank1 = states[0], states[1]
+    assert rank0["world_size"] == 2
+    assert rank0["iteration"] == rank1["iteration"] == rank0["global_step"] == 6  # iterations, not optimizer steps
+    assert rank0["optimizer_steps"] == rank1["optimizer_steps"]
+    for name, value in rank0["state_dict"].items():
+        # parameters, Adam-independent buffers, batch-norm statistics, EMA, running averages
+        assert torch.equal(value, rank1["state_dict"][name]), f"{name} differs between ranks"
+    # and training happened: G moved away from the EMA that trails it
+    assert (
+        max_difference(
+            rank0["state_dict"],
+            {k.replace("generator_ema.", "generator."): v for k, v in rank0["state_dict"].items()},
+            "generator.",
+        )
+        > 0
+    )
+
+
+def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(tmp_path, fake_celeba):
+    """16 training images: 1 process x batch 16 and 2 processes x batch 8 see all 16 in every
+    iteration (one batch per epoch), so they take the same gradient steps on the same latents.
+
+    Virtual batch norm normalizes each example by a fixed reference batch, so a rank's output
+    does not depend on which examples share its batch (with batch norm it would, unless synced).
+    """
+    shared = flags(
+        {
+            "--model.g_norm": "virtual",
+            "--model.d_norm": "virtual",
+            "--model.vbn_reference_size": 8,
+            "--model.ema_decay": 0.9,
+            "--model.historical_averaging_weight": 0.1,
+            "--fid.every_n_steps": 6,
+            "--fid.num_samples": 12,
+            "--fid.batch_size": 4,
+            "--fid.feature_extractor": "tests.test_metrics.TinyFeatures",
+            "--fid.cache_dir": tmp_path / "fid-cache",
+        }
+    )
+    two = fit(tmp_path, fake_celeba, "two", devices=2, batch_size=8, extra=shared)[0]["state_dict"]
+    one = fit(tmp_path, fake_celeba, "one", devices=1, batch_size=16, extra=shared)[0]["state_dict"]
+    # control: one process with batch 8 takes other steps (half the data per iteration)
+    half = fit(tmp_path, fake_celeba, "half", devices=1, batch_size=8, extra=shared)[0]["state_dict"]
+
+    # The runs differ only in the order of float32 sums (gloo's all-reduce of two half-batch
+    # gradients vs one batch): ~1e-7 relative per gradient. Adam's step is lr * m / (sqrt(v) +
+    # eps); a relative change e in the gradient changes it by about lr * e, and for gradients
+    # near 0 eps (1e-8) damps the step instead of amplifying the noise. Six steps of lr 2e-4
+    # then differ by ~1e-9 (measured: 7e-9); 1e-6 leaves room for other CPUs' summation orders
+    # and stays ~1000x below the control (measured: 1.9e-3).
+    difference, control = max_difference(one, two), max_difference(one, half)
+    assert difference < 1e-6, difference
+    assert control > 100 * 1e-6, control
+
+    # FID over all ranks' samples, computed once: the same value as one process scoring them
+    # all (a rank scoring only its share, or both ranks the same latents, would differ). With
+    # weights equal to 1e-8 the values agree to ~1e-7; the control's G, 2e-3 away, is 1.5e-4 off.
+    (fid_two,), (fid_one,) = logged(tmp_path, "two", "val/fid"), logged(tmp_path, "one", "val/fid")
+    assert fid_two[0] == fid_one[0] == 6
+    assert fid_two[1] == pytest.approx(fid_one[1], rel=1e-5)
+
+
+def fake_trainer(world_size: int, global_rank: int) -> SimpleNamespace:
+    return SimpleNamespace(world_size=world_size, global_rank=global_rank)
+
+
+def test_each_rank_draws_its_own_slice_of_the_global_latent_batch():
+    module = GAN(latent_dim=8, image_size=16, g_width=4, d_width=4, num_fixed_samples=4)
+    module._trainer = fake_trainer(1, 0)
+    whole = module.training_latents(6, slot=0)
+    slices = []
+    for rank in range(2):
+        module._trainer = fake_trainer(2, rank)
+        slices.append(module.training_latents(3, slot=0))
+    assert not torch.equal(slices[0], slices[1])
+    assert torch.equal(torch.cat(slices), whole)
+    # another use in the same iteration, or the next iteration, draws other latents
+    module._trainer = fake_trainer(1, 0)
+    assert not torch.equal(module.training_latents(6, slot=1), whole)
+    module.iteration += 1
+    assert not torch.equal(module.training_latents(6, slot=0), whole)
