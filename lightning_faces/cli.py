@@ -10,9 +10,11 @@ import netrc
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from lightning_faces.checkpoint import SafeCheckpointIO, load_checkpoint
@@ -20,6 +22,7 @@ from lightning_faces.data import FaceDataModule
 from lightning_faces.errors import FacesError
 from lightning_faces.metrics import FID
 from lightning_faces.module import GAN
+from lightning_faces.slurm import Requeue, in_slurm_job, job_id, resume_checkpoint
 
 
 class SaveConfigToLoggers(SaveConfigCallback):
@@ -35,7 +38,10 @@ class SaveConfigToLoggers(SaveConfigCallback):
 
 class FacesCLI(LightningCLI):
     """LightningCLI for the GAN: the data's image size is the model's, checkpoints are safe,
-    W&B never waits at a login prompt, FID's weights are checked before training."""
+    W&B never waits at a login prompt, FID's weights are checked before training, and a SLURM
+    job gets a run folder named by its job id, a requeue on the warning signal, and resumes."""
+
+    slurm_folder: Path | None = None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # one source of truth: G draws, and D judges, images of the size the data delivers
@@ -44,6 +50,19 @@ class FacesCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
+        if "weights_only" in config and config["weights_only"] is None:
+            config["weights_only"] = True  # what SafeCheckpointIO does anyway; Lightning asks otherwise
+        if self.subcommand == "fit" and in_slurm_job():
+            self.slurm_folder = _pin_slurm_run_folder(config)
+            checkpoint = resume_checkpoint(self.slurm_folder)
+            if checkpoint is not None:
+                # a requeued job: its own newest checkpoint beats any --ckpt_path it started from
+                config["ckpt_path"] = str(checkpoint)
+                self.save_config_kwargs["overwrite"] = True  # the same run: its config.yaml, now with ckpt_path
+                _say_once(
+                    f"SLURM job {job_id()}, restart {os.environ.get('SLURM_RESTART_COUNT', 0)}: "
+                    f"resuming from {checkpoint}"
+                )
         wandb_loggers = [spec for spec in _logger_specs(config) if "WandbLogger" in str(spec.get("class_path", ""))]
         if not wandb_loggers:
             return
@@ -58,11 +77,22 @@ class FacesCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         plugins = _as_list(self._get(self.config_init, "trainer.plugins"))
         if not any(isinstance(p, CheckpointIO) for p in plugins):
-            kwargs["plugins"] = [*plugins, SafeCheckpointIO()]
+            plugins = [*plugins, SafeCheckpointIO()]
+        callbacks = _as_list(self._get(self.config_init, "trainer.callbacks"))
         fid = self._get(self.config_init, "fid")
         if fid is not None and fid.active:
-            kwargs["callbacks"] = [*_as_list(self._get(self.config_init, "trainer.callbacks")), fid.best_checkpoint()]
-        return super().instantiate_trainer(**kwargs)
+            callbacks = [*callbacks, fid.best_checkpoint()]
+        if self.slurm_folder is not None:
+            if not any(isinstance(p, ClusterEnvironment) for p in plugins):
+                # Lightning's own handler would save from inside the signal handler: ours waits
+                # for the end of the iteration (see slurm.py)
+                plugins = [*plugins, SLURMEnvironment(auto_requeue=False)]
+        kwargs["plugins"], kwargs["callbacks"] = plugins, callbacks
+        trainer = super().instantiate_trainer(**kwargs)
+        if self.slurm_folder is not None:
+            # last of all callbacks (after FID and ModelCheckpoint): it saves the finished iteration
+            trainer.callbacks.append(Requeue(str(self.slurm_folder)))
+        return trainer
 
     def before_fit(self) -> None:
         for callback in self.trainer.callbacks:
@@ -86,6 +116,36 @@ def _logger_specs(config: Any) -> Iterator[Any]:
     for spec in _as_list(config.get("trainer", {}).get("logger")):
         if hasattr(spec, "get") and spec.get("class_path"):
             yield spec
+
+
+def _pin_slurm_run_folder(config: Any) -> Path:
+    """Names file loggers' version folder after the SLURM job; returns the run folder.
+
+    A requeued job keeps its job id, so it writes on into the folder of its first start:
+    ``<save_dir>/<name>/slurm-<job id>`` with the configs' CSVLogger.
+    """
+    version = f"slurm-{job_id()}"
+    specs = list(_logger_specs(config))
+    for spec in specs:
+        if spec["class_path"].rsplit(".", 1)[-1] in FILE_LOGGERS and spec["init_args"].get("version") is None:
+            spec["init_args"]["version"] = version
+    first = specs[0] if specs else None
+    if first is not None and first["class_path"].rsplit(".", 1)[-1] in FILE_LOGGERS:
+        args = first["init_args"]
+        return Path(args["save_dir"]) / (args.get("name") or "") / str(args["version"])
+    # no file logger first: the trainer's root folder, made per job
+    root = Path(config["trainer"].get("default_root_dir") or ".") / version
+    config["trainer"]["default_root_dir"] = str(root)
+    return root
+
+
+FILE_LOGGERS = ("CSVLogger", "TensorBoardLogger")
+
+
+def _say_once(message: str) -> None:
+    """Prints on the first task only (every task of a job runs the CLI)."""
+    if os.environ.get("SLURM_PROCID", "0") == "0":
+        print(message, file=sys.stderr)
 
 
 def _use_wandb_offline_without_credentials() -> None:

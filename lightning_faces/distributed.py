@@ -16,6 +16,7 @@ saves with the same statistics, estimated from all ranks' batches.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 
 import torch
@@ -23,6 +24,8 @@ import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+_HAS_FORWARD_SYNC = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
 
 
 class GANDDPStrategy(DDPStrategy):
@@ -40,7 +43,10 @@ class GANDDPStrategy(DDPStrategy):
 
     def wrap(self, net: nn.Module) -> DistributedDataParallel:
         """One network in its own DDP, without the per-forward buffer broadcast (see above)."""
-        options = {**self._ddp_kwargs, "broadcast_buffers": False}
+        # torch >= 2.15 names it forward_sync_buffers (and still syncs once, at wrapping)
+        no_forward_sync = "forward_sync_buffers" if _HAS_FORWARD_SYNC else "broadcast_buffers"
+        options = {k: v for k, v in self._ddp_kwargs.items() if k not in ("broadcast_buffers", "forward_sync_buffers")}
+        options[no_forward_sync] = False
         return DistributedDataParallel(net, device_ids=self.determine_ddp_device_ids(), **options)
 
     def teardown(self) -> None:
