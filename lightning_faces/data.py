@@ -178,13 +178,21 @@ class LatentSeeds(Dataset):
         return index
 
 
+def available_cpus() -> int:
+    """CPUs this process may use: SLURM's per-task allocation, else the CPU affinity mask."""
+    allocated = os.environ.get("SLURM_CPUS_PER_TASK")
+    if allocated and allocated.isdigit():
+        return int(allocated)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class FaceDataModule(L.LightningDataModule):
     """What every face source shares: batching, per-epoch subsets, scaling and flips.
 
     Args:
         image_size: side of the square images, in pixels.
         batch_size: images per batch (per device under DDP).
-        num_workers: loader processes; ``None`` picks min(8, CPU count).
+        num_workers: loader processes; ``None`` picks min(8, CPUs allocated to this process).
         flip: randomly mirror training images left-right.
         samples_per_epoch: train each epoch on a fresh random subset of this many images
             (short epochs on a big dataset); ``None`` uses every image once per epoch.
@@ -207,7 +215,7 @@ class FaceDataModule(L.LightningDataModule):
             raise FacesError(f"samples_per_epoch {samples_per_epoch} is smaller than batch_size {batch_size}")
         self.image_size = image_size
         self.batch_size = batch_size
-        self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
+        self.num_workers = min(8, available_cpus()) if num_workers is None else num_workers
         self.flip = flip
         self.samples_per_epoch = samples_per_epoch
         self.predict_samples = predict_samples

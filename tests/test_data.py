@@ -176,3 +176,13 @@ def test_synthetic_validation_faces_are_not_training_faces():
     train = module.train_set.tensors[0].flatten(1).float()
     val = module.val_set.tensors[0].flatten(1).float()
     assert torch.cdist(val, train).min() > 0
+
+
+def test_loader_workers_default_to_the_cpus_slurm_gave_the_task(monkeypatch, tmp_path):
+    from lightning_faces.data import CelebADataModule
+
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    assert CelebADataModule(data_dir=str(tmp_path)).num_workers == 3
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "32")
+    assert CelebADataModule(data_dir=str(tmp_path)).num_workers == 8  # capped
+    assert CelebADataModule(data_dir=str(tmp_path), num_workers=1).num_workers == 1

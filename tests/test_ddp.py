@@ -8,7 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.distributed as dist
+from lightning.pytorch.strategies import DDPStrategy
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from lightning_faces.distributed import GANDDPStrategy, use_gan_ddp
 from lightning_faces.module import GAN
 from tests.conftest import celeba_args, flags, run_cli
 
@@ -138,3 +143,18 @@ def test_each_rank_draws_its_own_slice_of_the_global_latent_batch():
     assert not torch.equal(module.training_latents(6, slot=1), whole)
     module.iteration += 1
     assert not torch.equal(module.training_latents(6, slot=0), whole)
+
+
+def test_gan_wrappers_do_not_copy_buffers_in_place_before_each_forward(tmp_path):
+    # DDP's default copies rank 0's buffers into every module before each forward pass; with
+    # batch norm and D's two passes before one backward that copy is the in-place error (torch
+    # issue 175024). The GAN wrappers leave it out (and average the statistics per iteration).
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    try:
+        strategy = DDPStrategy(parallel_devices=[torch.device("cpu")])
+        use_gan_ddp(strategy)  # what GAN.setup does with Lightning's plain DDP strategy
+        assert isinstance(strategy, GANDDPStrategy)
+        assert not strategy.wrap(nn.BatchNorm2d(3)).will_sync_module_buffers()
+        assert DistributedDataParallel(nn.BatchNorm2d(3)).will_sync_module_buffers()  # the default does
+    finally:
+        dist.destroy_process_group()
