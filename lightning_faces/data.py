@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from lightning_faces.errors import FacesError
+from lightning_faces.prepared import PreparedImages, check, ensure, prepared_folder
 
 CELEBA_ATTRIBUTES = (
     "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose "
@@ -227,6 +228,60 @@ class FaceDataModule(L.LightningDataModule):
     def train_dataset(self) -> Dataset:
         raise NotImplementedError
 
+    # Sources of image files can be prepared: decoded once into a memory-mapped uint8 array.
+    prepared: bool = False
+    prepared_dir: str | None = None
+
+    def source(self, split: Split) -> Dataset:
+        """The split read from its image files, decoded on every access."""
+        raise NotImplementedError
+
+    def split_dataset(self, split: Split, build: bool = True) -> Dataset:
+        """The split as training reads it: prepared (memory-mapped) when ``prepared``, else files.
+
+        A missing prepared split is built here when ``build`` (``prepare_data`` has normally
+        built it already, once per node); otherwise the files are read.
+        """
+        if not self.prepared:
+            return self.source(split)
+        key = self.describe(split)
+        folder = prepared_folder(self.prepared_dir, key)
+        if check(folder, key, full=False) is None:
+            return PreparedImages(folder)
+        source = self.source(split)
+        if not build or len(source) == 0:  # type: ignore[arg-type]
+            return source
+        return PreparedImages(self._ensure(split, source))
+
+    def prepare(self, splits: list[Split]) -> list[Path]:
+        """Builds (or checks in full, and rebuilds if damaged) the prepared splits."""
+        folders = []
+        for split in splits:
+            key = self.describe(split)
+            folder = prepared_folder(self.prepared_dir, key)
+            if not folder.exists() and len(self.source(split)) == 0:  # type: ignore[arg-type]
+                continue  # an empty split (no validation images): nothing to prepare
+            folders.append(self._ensure(split, None))
+        return folders
+
+    def _ensure(self, split: Split, source: Dataset | None) -> Path:
+        return ensure(
+            (lambda: source) if source is not None else (lambda: self.source(split)),
+            self.prepared_dir,
+            self.describe(split),
+            self.num_workers,
+            f"{type(self).__name__} split '{split}' at {self.image_size}px",
+        )
+
+    def fit_splits(self) -> list[Split]:
+        """The splits ``fit`` reads (training, and validation when there is one)."""
+        return ["all"]
+
+    def splits_in_use(self) -> list[Split]:
+        """The splits the trainer's current stage reads."""
+        stage = self.trainer.state.fn.value if self.trainer is not None and self.trainer.state.fn else "fit"
+        return {"fit": self.fit_splits(), "validate": self.fit_splits()[1:], "test": ["test"]}.get(stage, [])
+
     def eval_dataset(self, stage: Literal["validate", "test"]) -> Dataset | None:
         return None
 
@@ -308,6 +363,11 @@ class CelebADataModule(FaceDataModule):
         crop: side of the centred square crop as a fraction of the image width (0.79 is the
             140-of-178 pixel framing of most CelebA GAN papers); the same at any resolution.
         download: fetch CelebA with torchvision's downloader when it is missing.
+        prepared: decode, crop and resize every image once into a memory-mapped uint8 array
+            (``python -m lightning_faces prepare``; fit builds it when missing) and train from it;
+            ``False`` decodes the image files on every access.
+        prepared_dir: where prepared arrays live (``None``: ``~/.cache/lightning_faces/prepared``);
+            one folder per source, split, size and crop.
         **kwargs: see ``FaceDataModule``.
     """
 
@@ -324,30 +384,45 @@ class CelebADataModule(FaceDataModule):
         flip: bool = True,
         samples_per_epoch: int | None = None,
         predict_samples: int = 64,
+        prepared: bool = True,
+        prepared_dir: str | None = None,
     ) -> None:
         super().__init__(image_size, batch_size, num_workers, flip, samples_per_epoch, predict_samples)
         self.data_dir, self.split, self.val_split = data_dir, split, val_split
         self.crop, self.download = check_crop(crop), download
+        self.prepared, self.prepared_dir = prepared, prepared_dir
 
     def prepare_data(self) -> None:
         # runs on one process per node, before setup: the only place that may download
         if self.download and not (Path(self.data_dir) / "celeba" / "list_attr_celeba.txt").exists():
             download_celeba(self.data_dir)
         celeba_folder(self.data_dir)  # fail here, before any training, if the layout is incomplete
+        if self.prepared:
+            self.prepare(self.splits_in_use())
+
+    def source(self, split: Split) -> Dataset:
+        dataset = CelebA(self.data_dir, split, self.image_size, self.crop)
+        _check_images_present(dataset)
+        return dataset
+
+    def fit_splits(self) -> list[Split]:
+        return [self.split] + ([self.val_split] if self.val_split else [])
 
     def train_dataset(self) -> Dataset:
-        dataset = CelebA(self.data_dir, self.split, self.image_size, self.crop)
-        _check_images_present(dataset)
-        if len(dataset) == 0:
+        dataset = self.split_dataset(self.split)
+        if len(dataset) == 0:  # type: ignore[arg-type]
             raise FacesError(
-                f"CelebA split '{self.split}' under {dataset.folder} has no images: choose another data.split"
+                f"CelebA split '{self.split}' under {celeba_folder(self.data_dir)} has no images: "
+                "choose another data.split"
             )
         return dataset
 
     def real_images(self, split: Split) -> Dataset:
-        dataset = CelebA(self.data_dir, split, self.image_size, self.crop)
-        if len(dataset) == 0:
-            raise FacesError(f"CelebA split '{split}' under {dataset.folder} has no images to compare against")
+        dataset = self.split_dataset(split, build=False)
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            raise FacesError(
+                f"CelebA split '{split}' under {celeba_folder(self.data_dir)} has no images to compare against"
+            )
         return dataset
 
     def describe(self, split: Split) -> dict[str, object]:
@@ -361,8 +436,8 @@ class CelebADataModule(FaceDataModule):
         split = self.val_split if stage == "validate" else "test"
         if split is None:
             return None
-        dataset = CelebA(self.data_dir, split, self.image_size, self.crop)
-        if len(dataset) == 0 and stage == "validate":
+        dataset = self.split_dataset(split)
+        if len(dataset) == 0 and stage == "validate":  # type: ignore[arg-type]
             warnings.warn(f"CelebA split '{split}' has no images, so validation is skipped", stacklevel=2)
         return dataset
 
@@ -400,6 +475,11 @@ class ImageFolderDataModule(FaceDataModule):
         data_dir: the folder of images.
         crop: side of the centred square crop as a fraction of the image width (1.0 for images
             that are already square faces, such as FFHQ).
+        prepared: decode, crop and resize every image once into a memory-mapped uint8 array
+            (``python -m lightning_faces prepare``; fit builds it when missing) and train from it;
+            ``False`` decodes the image files on every access.
+        prepared_dir: where prepared arrays live (``None``: ``~/.cache/lightning_faces/prepared``);
+            one folder per source, split, size and crop.
         **kwargs: see ``FaceDataModule``.
     """
 
@@ -413,17 +493,27 @@ class ImageFolderDataModule(FaceDataModule):
         flip: bool = True,
         samples_per_epoch: int | None = None,
         predict_samples: int = 64,
+        prepared: bool = True,
+        prepared_dir: str | None = None,
     ) -> None:
         super().__init__(image_size, batch_size, num_workers, flip, samples_per_epoch, predict_samples)
         self.data_dir, self.crop = data_dir, check_crop(crop)
+        self.prepared, self.prepared_dir = prepared, prepared_dir
+
+    def prepare_data(self) -> None:
+        if self.prepared:
+            self.prepare(self.splits_in_use())
+
+    def source(self, split: Split) -> Dataset:
+        return ImageFolder(self.data_dir, self.image_size, self.crop)
 
     def train_dataset(self) -> Dataset:
-        return ImageFolder(self.data_dir, self.image_size, self.crop)
+        return self.split_dataset("all")
 
     def real_images(self, split: Split) -> Dataset:
         if split not in ("train", "all"):
             raise FacesError(f"an image folder has no '{split}' split: use real_split train")
-        return self.train_dataset()
+        return self.split_dataset("all", build=False)
 
     def describe(self, split: Split) -> dict[str, object]:
         folder = Path(self.data_dir).expanduser().resolve()

@@ -50,6 +50,12 @@ def write_celeba(root: Path, splits: tuple[int, int, int] = (16, 4, 4), size: tu
     return root
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_cache_home(tmp_path_factory) -> None:
+    """Prepared data and FID statistics go to a temporary cache, never the user's ~/.cache."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache-home"))
+
+
 @pytest.fixture
 def fake_celeba(tmp_path: Path) -> Path:
     return write_celeba(tmp_path / "data")

@@ -1,0 +1,192 @@
+"""Prepared datasets: every image decoded, cropped and resized once, into one uint8 array file.
+
+A prepared split is a folder ``<prepared_dir>/<key hash>/`` holding
+
+- ``images.npy``: uint8 (N, 3, S, S), memory-mapped by every loader worker and DDP rank, so
+  they share the page cache instead of each holding a copy;
+- ``attributes.npy``: float32 (N, A);
+- ``meta.json``: what the images were made from (source folder, split, size, crop, file
+  listing), the shapes, and a CRC32 of each array file, written last.
+
+The key hash covers the preprocessing settings, so a change of settings makes a new folder and
+never reuses a stale one. A folder is built under a temporary name and renamed into place when
+complete, so an interrupted build leaves nothing a later run would trust; a folder whose files
+do not match their ``meta.json`` (truncated, damaged) is moved aside and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from lightning_faces.errors import FacesError
+
+FORMAT = 1  # bump when the layout of a prepared folder changes
+
+
+def default_prepared_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lightning_faces" / "prepared"
+
+
+def prepared_folder(root: str | Path | None, key: dict[str, Any]) -> Path:
+    """Where the split that ``key`` describes is (or will be) prepared."""
+    text = json.dumps({"format": FORMAT, **key}, sort_keys=True, default=str)
+    base = Path(root).expanduser() if root else default_prepared_dir()
+    return base / hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _crc32(path: Path, chunk: int = 1 << 26) -> int:
+    value = 0
+    with path.open("rb") as file:
+        while block := file.read(chunk):
+            value = zlib.crc32(block, value)
+    return value
+
+
+def check(folder: Path, key: dict[str, Any], full: bool = True) -> str | None:
+    """Why ``folder`` is not a sound prepared split for ``key`` (None: it is).
+
+    The quick checks (meta.json, key, array headers and sizes) catch a truncated or half-written
+    folder; ``full`` also compares each file's CRC32 with the one recorded when it was built.
+    """
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError) as error:
+        return f"meta.json unreadable ({error})"
+    if meta.get("key") != json.loads(json.dumps({"format": FORMAT, **key}, sort_keys=True, default=str)):
+        return "made from other data or settings"
+    for name in ("images", "attributes"):
+        path = folder / f"{name}.npy"
+        try:
+            array = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as error:
+            return f"{path.name} unreadable ({error})"
+        if list(array.shape) != meta["shapes"][name]:
+            return f"{path.name} has shape {list(array.shape)}, meta.json says {meta['shapes'][name]}"
+        if full and _crc32(path) != meta["crc32"][name]:
+            return f"{path.name} does not match its checksum (damaged)"
+    return None
+
+
+def build(source: Dataset, folder: Path, key: dict[str, Any], num_workers: int, description: str) -> Path:
+    """Decodes every image of ``source`` once into ``folder`` (atomically); returns folder."""
+    count = len(source)  # type: ignore[arg-type]
+    if count == 0:
+        raise FacesError(f"nothing to prepare: {description} has no images")
+    first_image, first_attributes = source[0]
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+    tmp.mkdir(parents=True)
+    try:
+        images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, (count, *first_image.shape))
+        attributes = np.lib.format.open_memmap(
+            tmp / "attributes.npy", "w+", np.float32, (count, *first_attributes.shape)
+        )
+        loader = DataLoader(source, batch_size=64, num_workers=num_workers)
+        start = 0
+        with tqdm(total=count, desc=f"preparing {description}", unit="img") as bar:
+            for batch_images, batch_attributes in loader:
+                end = start + len(batch_images)
+                images[start:end] = batch_images.numpy()
+                attributes[start:end] = batch_attributes.numpy()
+                start = end
+                bar.update(len(batch_images))
+        images.flush()
+        attributes.flush()
+        del images, attributes
+        meta = {
+            "key": {"format": FORMAT, **key},
+            "shapes": {
+                "images": [count, *first_image.shape],
+                "attributes": [count, *first_attributes.shape],
+            },
+            "crc32": {name: _crc32(tmp / f"{name}.npy") for name in ("images", "attributes")},
+            "description": description,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
+        for path in tmp.iterdir():  # on disk before the rename makes the folder visible
+            with path.open("rb") as file:
+                os.fsync(file.fileno())
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process (another node) finished first: use its folder
+            if check(folder, key, full=False) is not None:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def ensure(
+    source_factory: Any, root: str | Path | None, key: dict[str, Any], num_workers: int, description: str
+) -> Path:
+    """The prepared folder for ``key``: checked in full if it exists, rebuilt if unsound, else built.
+
+    ``source_factory()`` makes the dataset to decode; it is only called when a build is needed.
+    """
+    folder = prepared_folder(root, key)
+    if folder.exists():
+        problem = check(folder, key)
+        if problem is None:
+            return folder
+        aside = folder.with_name(f"{folder.name}.broken-{int(time.time())}")
+        folder.rename(aside)
+        print(f"prepared data {folder} is unusable ({problem}): moved to {aside.name}, rebuilding")
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise FacesError(
+            f"cannot write prepared data under {folder.parent} ({error}): set data.prepared_dir to a writable folder"
+        ) from error
+    return build(source_factory(), folder, key, num_workers, description)
+
+
+class PreparedImages(Dataset):
+    """A prepared split, memory-mapped: ``(uint8 image (3, S, S), attributes (A,))`` per index.
+
+    The files are opened lazily in each process (a DataLoader worker maps them itself rather
+    than receiving a pickled copy). ``__getitems__`` fetches a whole batch in one gather.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        meta = json.loads((self.folder / "meta.json").read_text())
+        self.shape = meta["shapes"]["images"]
+        self._images: np.ndarray | None = None
+        self._attributes: np.ndarray | None = None
+
+    def _open(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._images is None or self._attributes is None:
+            self._images = np.load(self.folder / "images.npy", mmap_mode="r")
+            self._attributes = np.load(self.folder / "attributes.npy", mmap_mode="r")
+        return self._images, self._attributes
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_images": None, "_attributes": None}  # each process maps its own
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, attributes = self._open()
+        return torch.from_numpy(np.array(images[index])), torch.from_numpy(np.array(attributes[index]))
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        images, attributes = self._open()
+        order = np.asarray(indices)
+        batch_images = torch.from_numpy(images[order])  # one gather from the mapping (a copy)
+        batch_attributes = torch.from_numpy(attributes[order])
+        return list(zip(batch_images, batch_attributes, strict=True))

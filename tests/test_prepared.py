@@ -1,0 +1,119 @@
+"""Prepared data: decoded once into a memory-mapped uint8 array, keyed, atomic, checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from lightning_faces import prepared as prepared_module
+from lightning_faces.cli import main
+from lightning_faces.data import CelebA, CelebADataModule
+from lightning_faces.prepared import PreparedImages, check, prepared_folder
+from tests.conftest import REPO
+
+
+def module(data_dir, tmp_path, **kwargs) -> CelebADataModule:
+    options = dict(image_size=16, batch_size=4, num_workers=0, prepared_dir=str(tmp_path / "prepared"))
+    return CelebADataModule(data_dir=str(data_dir), **{**options, **kwargs})
+
+
+def test_prepared_split_holds_exactly_the_decoded_images_and_attributes(fake_celeba, tmp_path):
+    data = module(fake_celeba, tmp_path)
+    (folder,) = data.prepare(["train"])
+    prepared, source = PreparedImages(folder), CelebA(fake_celeba, "train", 16, 0.79)
+    assert len(prepared) == len(source) == 16
+    for index in (0, 7, 15):
+        assert torch.equal(prepared[index][0], source[index][0])  # uint8, pixel for pixel
+        assert torch.equal(prepared[index][1], source[index][1])
+    assert prepared[0][0].dtype == torch.uint8 and prepared[0][0].shape == (3, 16, 16)
+
+
+def test_workers_read_batches_through_the_memory_map(fake_celeba, tmp_path):
+    data = module(fake_celeba, tmp_path)
+    (folder,) = data.prepare(["train"])
+    dataset = PreparedImages(folder)
+    dataset[0]  # mapped in this process first: workers must still map it themselves
+    loader = DataLoader(dataset, batch_size=5, num_workers=2)
+    images = torch.cat([batch[0] for batch in loader])
+    assert torch.equal(images, torch.stack([dataset[i][0] for i in range(len(dataset))]))
+
+
+def test_other_settings_make_another_folder_and_the_same_settings_reuse_it(fake_celeba, tmp_path, monkeypatch):
+    (first,) = module(fake_celeba, tmp_path).prepare(["train"])
+    (bigger,) = module(fake_celeba, tmp_path, image_size=32).prepare(["train"])
+    (tighter,) = module(fake_celeba, tmp_path, crop=0.5).prepare(["train"])
+    assert len({first, bigger, tighter}) == 3
+    assert np.load(bigger / "images.npy", mmap_mode="r").shape == (16, 3, 32, 32)
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("rebuilt a sound prepared split")
+
+    monkeypatch.setattr(prepared_module, "build", no_build)
+    assert module(fake_celeba, tmp_path).prepare(["train"]) == [first]
+
+
+def test_an_interrupted_build_leaves_nothing_to_trust(fake_celeba, tmp_path, monkeypatch):
+    data = module(fake_celeba, tmp_path)
+    real_getitem = CelebA.__getitem__
+
+    def interrupted(self, index):
+        if index == 9:
+            raise KeyboardInterrupt  # Ctrl-C, or a killed job, half-way through
+        return real_getitem(self, index)
+
+    monkeypatch.setattr(CelebA, "__getitem__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        data.prepare(["train"])
+    assert not any((tmp_path / "prepared").iterdir())  # neither a final nor a temporary folder
+    monkeypatch.setattr(CelebA, "__getitem__", real_getitem)
+    (folder,) = data.prepare(["train"])
+    assert check(folder, data.describe("train")) is None
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip a byte", "delete meta"])
+def test_a_damaged_prepared_split_is_detected_and_rebuilt(fake_celeba, tmp_path, damage, capsys):
+    data = module(fake_celeba, tmp_path)
+    (folder,) = data.prepare(["train"])
+    images = folder / "images.npy"
+    original = images.read_bytes()
+    if damage == "truncate":
+        images.write_bytes(original[:-100])
+    elif damage == "flip a byte":
+        images.write_bytes(original[:-100] + bytes([original[-100] ^ 0xFF]) + original[-99:])
+    else:
+        (folder / "meta.json").unlink()
+    assert check(folder, data.describe("train")) is not None
+
+    assert data.prepare(["train"]) == [folder]
+    assert "is unusable" in capsys.readouterr().out
+    assert images.read_bytes() == original and check(folder, data.describe("train")) is None
+    assert len(list((tmp_path / "prepared").glob("*.broken-*"))) == 1  # kept aside, not trusted
+
+
+def test_fit_builds_the_prepared_split_itself_and_trains_from_it(fake_celeba, tmp_path):
+    data = module(fake_celeba, tmp_path)
+    data.setup("fit")  # no prepare_data before: setup builds what is missing
+    assert isinstance(data.train_set, PreparedImages)
+    assert prepared_folder(data.prepared_dir, data.describe("train")).exists()
+    batch = next(iter(data.train_dataloader()))
+    assert batch[0].dtype == torch.uint8 and batch[0].shape == (4, 3, 16, 16)
+
+
+def test_prepared_false_reads_the_files(fake_celeba, tmp_path):
+    data = module(fake_celeba, tmp_path, prepared=False)
+    data.setup("fit")
+    assert isinstance(data.train_set, CelebA) and not (tmp_path / "prepared").exists()
+
+
+def test_prepare_command_builds_what_fit_reads(fake_celeba, tmp_path, capsys):
+    args = ["--config", str(REPO / "configs" / "dcgan.yaml"), "--data.data_dir", str(fake_celeba)]
+    args += ["--data.image_size", "16", "--data.prepared_dir", str(tmp_path / "p"), "--data.num_workers", "0"]
+    main(["prepare", *args])
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("prepared: ")]
+    assert len(printed) == 2  # train and valid (dcgan.yaml validates on 'valid')
+    shapes = sorted(np.load(Path(line[len("prepared: ") :]) / "images.npy", mmap_mode="r").shape for line in printed)
+    assert shapes == [(4, 3, 16, 16), (16, 3, 16, 16)]
