@@ -210,9 +210,7 @@ def prepare(args: list[str]) -> None:
     )
     data = cli.datamodule
     if not getattr(data, "prepared", False):
-        raise FacesError(
-            f"{type(data).__name__} has nothing to prepare (no image files, or data.prepared is false)"
-        )
+        raise FacesError(f"{type(data).__name__} has nothing to prepare (no image files, or data.prepared is false)")
     for folder in data.prepare(data.fit_splits()):
         print(f"prepared: {folder}")
 

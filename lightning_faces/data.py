@@ -50,7 +50,7 @@ def crop_and_resize(image: Image.Image, image_size: int, crop: float) -> np.ndar
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 images in [0, 255] -> float images in [-1, 1], the range G's tanh produces."""
-    return images.float().div(127.5).sub(1.0)
+    return images.to(torch.float32, copy=True).div_(127.5).sub_(1.0)  # in place: one allocation, not three
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -193,7 +193,9 @@ class FaceDataModule(L.LightningDataModule):
     Args:
         image_size: side of the square images, in pixels.
         batch_size: images per batch (per device under DDP).
-        num_workers: loader processes; ``None`` picks min(8, CPUs allocated to this process).
+        num_workers: loader processes; ``None`` picks min(8, CPUs allocated to this process)
+            for image files, and 0 for prepared data (a batch is one memory copy; workers would
+            only add inter-process transfer; preparing still decodes with min(8, CPUs)).
         flip: randomly mirror training images left-right.
         samples_per_epoch: train each epoch on a fresh random subset of this many images
             (short epochs on a big dataset); ``None`` uses every image once per epoch.
@@ -217,6 +219,7 @@ class FaceDataModule(L.LightningDataModule):
         self.image_size = image_size
         self.batch_size = batch_size
         self.num_workers = min(8, available_cpus()) if num_workers is None else num_workers
+        self.decode_workers = self.num_workers  # processes that decode image files (prepare)
         self.flip = flip
         self.samples_per_epoch = samples_per_epoch
         self.predict_samples = predict_samples
@@ -269,7 +272,7 @@ class FaceDataModule(L.LightningDataModule):
             (lambda: source) if source is not None else (lambda: self.source(split)),
             self.prepared_dir,
             self.describe(split),
-            self.num_workers,
+            self.decode_workers,
             f"{type(self).__name__} split '{split}' at {self.image_size}px",
         )
 
@@ -391,6 +394,8 @@ class CelebADataModule(FaceDataModule):
         self.data_dir, self.split, self.val_split = data_dir, split, val_split
         self.crop, self.download = check_crop(crop), download
         self.prepared, self.prepared_dir = prepared, prepared_dir
+        if prepared and num_workers is None:
+            self.num_workers = 0  # see FaceDataModule: prepared batches need no worker processes
 
     def prepare_data(self) -> None:
         # runs on one process per node, before setup: the only place that may download
@@ -499,6 +504,8 @@ class ImageFolderDataModule(FaceDataModule):
         super().__init__(image_size, batch_size, num_workers, flip, samples_per_epoch, predict_samples)
         self.data_dir, self.crop = data_dir, check_crop(crop)
         self.prepared, self.prepared_dir = prepared, prepared_dir
+        if prepared and num_workers is None:
+            self.num_workers = 0  # see FaceDataModule: prepared batches need no worker processes
 
     def prepare_data(self) -> None:
         if self.prepared:

@@ -182,7 +182,9 @@ def test_loader_workers_default_to_the_cpus_slurm_gave_the_task(monkeypatch, tmp
     from lightning_faces.data import CelebADataModule
 
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
-    assert CelebADataModule(data_dir=str(tmp_path)).num_workers == 3
+    assert CelebADataModule(data_dir=str(tmp_path), prepared=False).num_workers == 3
+    prepared = CelebADataModule(data_dir=str(tmp_path))
+    assert prepared.num_workers == 0 and prepared.decode_workers == 3  # a prepared batch is one copy
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "32")
-    assert CelebADataModule(data_dir=str(tmp_path)).num_workers == 8  # capped
+    assert CelebADataModule(data_dir=str(tmp_path), prepared=False).num_workers == 8  # capped
     assert CelebADataModule(data_dir=str(tmp_path), num_workers=1).num_workers == 1

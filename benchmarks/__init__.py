@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m benchmarks --data-dir ../shared/celeba-sample`` runs them all."""

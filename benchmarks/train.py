@@ -1,0 +1,178 @@
+"""Training throughput: whole iterations (D and G updates), images/s, plain PyTorch vs lightning_faces.
+
+(a) a plain PyTorch DCGAN loop as the classic tutorials write it (fp32, a JPEG folder through
+    PIL and torchvision transforms, D on real then on G(z).detach(), G through D(G(z)), two
+    Adams), written for this benchmark, with lightning_faces' own G and D;
+(b) ``lightning_faces``: the GAN LightningModule on the prepared array, through Lightning's
+    Trainer, with the same networks, batch size and optimizers.
+Both run in one process, alternately (plain, lightning, plain, lightning), and each reports
+its best round: the machine is shared and noisy. On a GPU, (b) can add ``--precision
+bf16-mixed``; the GPU's busy fraction is read from ``torch.cuda`` during the timed part.
+
+    python -m benchmarks.train --data-dir ../shared/celeba-sample            # CPU
+    python -m benchmarks.train --data-dir DATA --device cuda --iterations 200 --precision bf16-mixed
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from benchmarks.common import table, write_json
+from benchmarks.data import JpegFolder
+from lightning_faces.checkpoint import SafeCheckpointIO
+from lightning_faces.data import CelebADataModule
+from lightning_faces.module import GAN
+from lightning_faces.nets import Discriminator, Generator
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def plain_loop(args: argparse.Namespace, device: torch.device) -> float:
+    """The tutorial loop; returns images/s over the timed iterations."""
+    torch.manual_seed(0)
+    generator = Generator(args.latent_dim, args.width, args.image_size).to(device)
+    discriminator = Discriminator(args.width, args.image_size).to(device)
+    g_opt = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    d_opt = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    folder = Path(args.data_dir) / "celeba" / "img_align_celeba"
+    loader = DataLoader(
+        JpegFolder(folder, args.image_size),
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        drop_last=True,
+        persistent_workers=args.workers > 0,
+    )
+    batches = itertools.chain.from_iterable(itertools.repeat(loader))
+    started = 0.0
+    for step in range(args.warmup + args.iterations):
+        if step == args.warmup:
+            sync(device)
+            started = time.perf_counter()
+        real = next(batches)[0].to(device)
+        ones = torch.ones(real.shape[0], device=device)
+        zeros = torch.zeros(real.shape[0], device=device)
+        # D: real, then fake, each with its own backward (as the PyTorch DCGAN tutorial does)
+        discriminator.zero_grad()
+        real_logits, _ = discriminator(real)
+        F.binary_cross_entropy_with_logits(real_logits, ones).backward()
+        fake = generator(torch.randn(real.shape[0], args.latent_dim, device=device))
+        fake_logits, _ = discriminator(fake.detach())
+        F.binary_cross_entropy_with_logits(fake_logits, zeros).backward()
+        d_opt.step()
+        # G: through the just-updated D, on the same fake batch
+        generator.zero_grad()
+        logits, _ = discriminator(fake)
+        F.binary_cross_entropy_with_logits(logits, ones).backward()
+        g_opt.step()
+    sync(device)
+    return args.iterations * args.batch_size / (time.perf_counter() - started)
+
+
+class Stopwatch(L.Callback):
+    """Times iterations warmup+1 .. the end, as the plain loop does."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.started, self.seconds = warmup, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.warmup:
+            sync(trainer.strategy.root_device)
+            self.started = time.perf_counter()
+            if trainer.strategy.root_device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+
+    def on_train_end(self, trainer: L.Trainer, *args: object) -> None:
+        sync(trainer.strategy.root_device)
+        self.seconds = time.perf_counter() - self.started
+
+
+def lightning_run(args: argparse.Namespace, device: torch.device, prepared_dir: str) -> float:
+    torch.manual_seed(0)
+    model = GAN(latent_dim=args.latent_dim, image_size=args.image_size, g_width=args.width, d_width=args.width)
+    data = CelebADataModule(
+        data_dir=args.data_dir,
+        split="all",
+        val_split=None,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        prepared_dir=prepared_dir,
+    )
+    stopwatch = Stopwatch(args.warmup)
+    trainer = L.Trainer(
+        accelerator=device.type,
+        devices=1,
+        precision=args.precision,
+        max_steps=args.warmup + args.iterations,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[stopwatch],
+        plugins=[SafeCheckpointIO()],
+    )
+    trainer.fit(model, data)
+    return args.iterations * args.batch_size / stopwatch.seconds
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default="../shared/celeba-sample", help="folder holding celeba/")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=128, help="DCGAN's")
+    parser.add_argument("--width", type=int, default=64, help="DCGAN's G and D width")
+    parser.add_argument("--latent-dim", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=2, help="loader workers of the plain loop")
+    parser.add_argument("--warmup", type=int, default=2, help="iterations before timing starts")
+    parser.add_argument("--iterations", type=int, default=10, help="timed iterations per round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--precision", default="32-true", help="lightning_faces' precision (bf16-mixed on a GPU)")
+    parser.add_argument("--json", default="runs/benchmarks/train.json")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+
+    plain, lightning = [], []
+    with tempfile.TemporaryDirectory() as prepared_dir:
+        CelebADataModule(
+            data_dir=args.data_dir, split="all", image_size=args.image_size, prepared_dir=prepared_dir
+        ).prepare(["all"])  # once, before any timing
+        for _ in range(args.rounds):
+            plain.append(plain_loop(args, device))
+            lightning.append(lightning_run(args, device, prepared_dir))
+    best_plain, best_lightning = max(plain), max(lightning)
+    rows = [
+        {"loop": "plain PyTorch, fp32, JPEG loader", "images/s": best_plain, "rounds": plain, "vs plain": 1.0},
+        {
+            "loop": f"lightning_faces, {args.precision}, prepared",
+            "images/s": best_lightning,
+            "rounds": lightning,
+            "vs plain": best_lightning / best_plain,
+        },
+    ]
+    for row in rows:
+        row["all rounds"] = ", ".join(f"{value:.1f}" for value in row["rounds"])
+    print(
+        f"\nTraining on {args.device}: DCGAN {args.image_size}px, width {args.width}, batch {args.batch_size}, "
+        f"{args.iterations} timed iterations x {args.rounds} rounds (best shown)"
+    )
+    print(table(rows, ["loop", "images/s", "vs plain", "all rounds"]))
+    result = {"benchmark": "train", "settings": vars(args), "results": rows, "ratio": best_lightning / best_plain}
+    print(f"\nwrote {write_json(args.json, result)}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
