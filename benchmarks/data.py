@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         data = CelebADataModule(
             data_dir=args.data_dir,
             split="all",
+            val_split=None,
             image_size=args.image_size,
             batch_size=args.batch_size,
             num_workers=args.workers,
