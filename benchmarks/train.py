@@ -7,7 +7,7 @@
     Trainer, with the same networks, batch size and optimizers.
 Both run in one process, alternately (plain, lightning, plain, lightning), and each reports
 its best round: the machine is shared and noisy. On a GPU, (b) can add ``--precision
-bf16-mixed``; the GPU's busy fraction is read from ``torch.cuda`` during the timed part.
+bf16-mixed`` (the GPU's busy fraction is not measured yet).
 
     python -m benchmarks.train --data-dir ../shared/celeba-sample            # CPU
     python -m benchmarks.train --data-dir DATA --device cuda --iterations 200 --precision bf16-mixed
