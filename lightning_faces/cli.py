@@ -178,18 +178,22 @@ def main(args: list[str] | None = None) -> None:
         if argv and argv[0] == "prepare":
             prepare(argv[1:])
             return
-        FacesCLI(
-            GAN,
-            FaceDataModule,
-            subclass_mode_data=True,
-            auto_configure_optimizers=False,  # the GAN configures its two optimizers itself
-            save_config_callback=SaveConfigToLoggers,
-            parser_class=ShortErrorParser,
-            args=args,
-        )
+        make_cli(args)
     except FacesError as error:
         print(f"error: {_one_line(error)}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def make_cli(args: list[str] | None, **options: Any) -> FacesCLI:
+    """The training CLI (parses args, and runs the subcommand unless ``run=False``)."""
+    settings = {
+        "subclass_mode_data": True,
+        "auto_configure_optimizers": False,  # the GAN configures its two optimizers itself
+        "save_config_callback": SaveConfigToLoggers,
+        "parser_class": ShortErrorParser,
+        **options,
+    }
+    return FacesCLI(GAN, FaceDataModule, args=args, **settings)
 
 
 def prepare(args: list[str]) -> None:
@@ -198,17 +202,7 @@ def prepare(args: list[str]) -> None:
     Run it once on a login node (or let the first fit do it): decoding CelebA's 200k JPEGs
     takes minutes, reading the prepared array takes seconds.
     """
-    cli = FacesCLI(
-        GAN,
-        FaceDataModule,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        save_config_callback=None,
-        parser_class=ShortErrorParser,
-        args=args,
-        run=False,
-    )
-    data = cli.datamodule
+    data = make_cli(args, run=False, save_config_callback=None).datamodule
     if not getattr(data, "prepared", False):
         raise FacesError(f"{type(data).__name__} has nothing to prepare (no image files, or data.prepared is false)")
     for folder in data.prepare(data.fit_splits()):
