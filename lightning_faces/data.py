@@ -260,11 +260,12 @@ class FaceDataModule(L.LightningDataModule):
         """Builds (or checks in full, and rebuilds if damaged) the prepared splits."""
         folders = []
         for split in splits:
-            key = self.describe(split)
-            folder = prepared_folder(self.prepared_dir, key)
-            if not folder.exists() and len(self.source(split)) == 0:  # type: ignore[arg-type]
-                continue  # an empty split (no validation images): nothing to prepare
-            folders.append(self._ensure(split, None))
+            source = None
+            if not prepared_folder(self.prepared_dir, self.describe(split)).exists():
+                source = self.source(split)
+                if len(source) == 0:  # type: ignore[arg-type]
+                    continue  # an empty split (no validation images): nothing to prepare
+            folders.append(self._ensure(split, source))
         return folders
 
     def _ensure(self, split: Split, source: Dataset | None) -> Path:
