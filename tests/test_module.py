@@ -281,3 +281,10 @@ def test_bf16_mixed_precision_trains_with_manual_optimization(tmp_path):
     assert not torch.equal(snapshot(model.generator), before)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
+
+
+def test_sync_batchnorm_on_cpu_stops_with_a_one_line_reason(tmp_path):
+    # trainer.sync_batchnorm converts batch norm to SyncBatchNorm, which torch runs on CUDA only
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(make_model())
+    with pytest.raises(FacesError, match="sync_batchnorm needs GPUs"):
+        train(tmp_path, model, steps=1)
