@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
 from PIL import Image
 from torchvision.utils import make_grid
 
@@ -201,3 +201,18 @@ class ImageWriter(_InRunFolder, BasePredictionWriter):
         folder = Path(self.output_dir) if self.output_dir else self.folder / "generated"
         for index, image in zip(prediction["indices"].tolist(), prediction["images"], strict=True):
             save_png(image, folder / f"{index:06d}.png")
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's bar, showing the GAN's ``progress`` numbers (D's loss, D(x), D(G(z))).
+
+    The module refreshes them as host floats at logging intervals, so drawing the bar never
+    waits for the device (metrics logged with ``prog_bar=True`` are read at every refresh).
+    The CLI uses it unless the config names another progress bar.
+    """
+
+    def get_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
+        shown = super().get_metrics(trainer, module)
+        for name, value in getattr(module, "progress", {}).items():
+            shown[name] = f"{value:.3g}"
+        return shown

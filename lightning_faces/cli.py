@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning.pytorch.plugins.io import CheckpointIO
 
+from lightning_faces.callbacks import ProgressBar
 from lightning_faces.checkpoint import SafeCheckpointIO, load_checkpoint
 from lightning_faces.data import FaceDataModule
 from lightning_faces.errors import FacesError
@@ -82,6 +84,9 @@ class FacesCLI(LightningCLI):
         fid = self._get(self.config_init, "fid")
         if fid is not None and fid.active:
             callbacks = [*callbacks, fid.best_checkpoint()]
+        bar_on = self._get(self.config_init, "trainer.enable_progress_bar") is not False
+        if bar_on and not any(isinstance(c, LightningProgressBar) for c in callbacks):
+            callbacks = [*callbacks, ProgressBar()]  # D's loss, D(x), D(G(z)) without per-step syncs
         if self.slurm_folder is not None:
             if not any(isinstance(p, ClusterEnvironment) for p in plugins):
                 # Lightning's own handler would save from inside the signal handler: ours waits

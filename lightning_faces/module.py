@@ -137,6 +137,7 @@ class GAN(L.LightningModule):
         self._replicas: dict[str, nn.Module] = {}  # DDP wrappers of G and D (GANDDPStrategy)
         self._latent_rng: torch.Generator | None = None
         self._compiled = False
+        self.progress: dict[str, float] = {}  # shown by callbacks.ProgressBar
 
     def setup(self, stage: str) -> None:
         strategy = self.trainer.strategy
@@ -222,13 +223,14 @@ class GAN(L.LightningModule):
         average_over_ranks(batch_norm_statistics([self.generator, self.discriminator]))
         if g_updated and hp.ema_decay is not None:
             self._copy_buffers_to_ema()
+        self.log_dict(logs)  # tensors: the loggers read them on the host at logging intervals only
+        if self.iteration % self.trainer.log_every_n_steps == 0:
+            # the progress bar shows host numbers refreshed at the same intervals (one transfer);
+            # prog_bar=True would have the bar read every value at every refresh, waiting each time
+            # for the device to finish the step
+            values = torch.stack([logs["train/d_loss"], logs["train/d_real"], logs["train/d_fake"]]).tolist()
+            self.progress = dict(zip(("d_loss", "D(x)", "D(G(z))"), values, strict=True))
         self.iteration += 1
-        self.log_dict(logs, prog_bar=False)
-        self.log_dict(
-            {"d_loss": logs["train/d_loss"], "D(x)": logs["train/d_real"], "D(G(z))": logs["train/d_fake"]},
-            prog_bar=True,
-            logger=False,
-        )
 
     def _generator_step(self, g_opt: Any, real: torch.Tensor, slot: int) -> torch.Tensor:
         hp = self.hparams

@@ -1,4 +1,5 @@
 import pickle
+import traceback
 
 import lightning as L
 import numpy as np
@@ -7,7 +8,7 @@ import torch
 from PIL import Image
 
 import lightning_faces.module as module_under_test
-from lightning_faces.callbacks import SampleGrid
+from lightning_faces.callbacks import ProgressBar, SampleGrid
 from lightning_faces.checkpoint import SafeCheckpointIO, load_checkpoint
 from lightning_faces.errors import FacesError
 from lightning_faces.module import GAN
@@ -89,12 +90,41 @@ def test_d_is_skipped_while_its_accuracy_is_above_the_threshold(tmp_path):
 
 
 def test_losses_and_discriminator_outputs_are_logged(tmp_path):
-    trainer = train(tmp_path, make_model(), steps=2)
+    model = make_model()
+    trainer = train(tmp_path, model, steps=2)
     for key in ("train/d_loss", "train/g_loss", "train/d_real", "train/d_fake", "train/d_accuracy"):
         assert key in trainer.logged_metrics
     assert 0 <= trainer.logged_metrics["train/d_real"] <= 1
-    for key in ("d_loss", "D(x)", "D(G(z))"):
-        assert key in trainer.progress_bar_metrics
+    shown = ProgressBar().get_metrics(trainer, model)
+    assert set(model.progress) == {"d_loss", "D(x)", "D(G(z))"} and all(key in shown for key in model.progress)
+
+
+def test_the_step_and_the_progress_bar_read_the_device_only_at_logging_intervals(tmp_path, monkeypatch):
+    reads = []
+    original = torch.Tensor.item
+
+    def counted(self):  # reads by the training step, the logging and the bar (Adam's step counts
+        # are host tensors: their .item() never waits for a device, so torch's own are left out)
+        callers = [frame.filename for frame in traceback.extract_stack(limit=12)]
+        if not any("torch/optim" in name or "torch/utils/data" in name for name in callers):
+            reads.append(1)
+        return original(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", counted)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=40,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        log_every_n_steps=20,
+        callbacks=[ProgressBar()],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(make_model(), SyntheticFacesDataModule(num_images=32, num_val_images=0, image_size=16, batch_size=8))
+    # .item() waits for the device: before, the bar read 3 values per refresh (120+ here); now
+    # values move to the host at the 2 logging intervals only (loggers off in this run)
+    assert len(reads) < 20, len(reads)
 
 
 @pytest.mark.parametrize(("smoothing", "smooth_fake"), [("none", True), ("one_sided", True), ("random", False)])
