@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from lightning_faces.errors import FacesError
 from lightning_faces.prepared import PreparedImages, check, ensure, prepared_folder
+from lightning_faces.prepared import collate as prepared_collate
 
 CELEBA_ATTRIBUTES = (
     "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose "
@@ -328,6 +329,7 @@ class FaceDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            collate_fn=prepared_collate if isinstance(dataset, PreparedImages) else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -22,12 +22,13 @@ import os
 import shutil
 import time
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
 from lightning_faces.errors import FacesError
@@ -184,9 +185,32 @@ class PreparedImages(Dataset):
         images, attributes = self._open()
         return torch.from_numpy(np.array(images[index])), torch.from_numpy(np.array(attributes[index]))
 
-    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def __getitems__(self, indices: list[int]) -> Batch:
         images, attributes = self._open()
         order = np.asarray(indices)
-        batch_images = torch.from_numpy(images[order])  # one gather from the mapping (a copy)
-        batch_attributes = torch.from_numpy(attributes[order])
-        return list(zip(batch_images, batch_attributes, strict=True))
+        # one gather from the mapping, already a batch: ``collate`` passes it through
+        return Batch(torch.from_numpy(images[order]), torch.from_numpy(attributes[order]))
+
+
+class Batch(Sequence):
+    """A batch gathered at once by ``PreparedImages``: images (B, 3, S, S) uint8, attributes (B, A).
+
+    It is also a sequence of ``(image, attributes)`` samples, so any DataLoader's default
+    collate handles it; ``collate`` (the datamodules' collate) hands the tensors on as they are.
+    """
+
+    def __init__(self, images: torch.Tensor, attributes: torch.Tensor) -> None:
+        self.images, self.attributes = images, attributes
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.attributes[index]
+
+
+def collate(samples: Any) -> Any:
+    """The DataLoader's collate for prepared data: a gathered ``Batch`` as it is, else the default."""
+    if isinstance(samples, Batch):
+        return [samples.images, samples.attributes]
+    return default_collate(samples)
