@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from lightning_faces.data import CelebADataModule
+
 
 def machine() -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
@@ -61,3 +63,9 @@ def memory_mib(pid: int) -> dict[str, float]:
 def worker_pids() -> list[int]:
     """This process's live child processes (DataLoader workers)."""
     return [child.pid for child in multiprocessing.active_children() if child.pid is not None]
+
+
+def sample_data(args: Any, prepared_dir: str | Path, **options: Any) -> CelebADataModule:
+    """All of ``args.data_dir``'s CelebA images (no validation), prepared under prepared_dir."""
+    settings = {"split": "all", "val_split": None, "image_size": args.image_size, "batch_size": args.batch_size}
+    return CelebADataModule(data_dir=args.data_dir, prepared_dir=str(prepared_dir), **{**settings, **options})

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -26,8 +28,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from benchmarks.common import memory_mib, table, worker_pids, write_json
-from lightning_faces.data import CelebADataModule, to_float
+from benchmarks.common import memory_mib, sample_data, table, worker_pids, write_json
+from lightning_faces.data import to_float
 from lightning_faces.prepared import PreparedImages
 
 
@@ -85,7 +87,7 @@ def memory_for(array_folder: Path, rows: int, batch_size: int, workers: int) -> 
     for _ in loader:
         pass
     workers_memory = [memory_mib(pid) for pid in worker_pids()]
-    main = memory_mib(__import__("os").getpid())
+    main = memory_mib(os.getpid())
     del loader
     gc.collect()
     return {
@@ -108,8 +110,10 @@ def tiled_copy(folder: Path, times: int, into: Path) -> Path:
         big[i * len(images) : (i + 1) * len(images)] = images
     big.flush()
     np.save(into / "attributes.npy", np.tile(attributes, (times, 1)))
-    meta = (folder / "meta.json").read_text().replace(f"{len(images)},", f"{len(images) * times},", 2)
-    (into / "meta.json").write_text(meta)
+    meta = json.loads((folder / "meta.json").read_text())
+    for name in ("images", "attributes"):
+        meta["shapes"][name][0] *= times
+    (into / "meta.json").write_text(json.dumps(meta))
     return into
 
 
@@ -124,16 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as scratch:
-        data = CelebADataModule(
-            data_dir=args.data_dir,
-            split="all",
-            val_split=None,
-            image_size=args.image_size,
-            batch_size=args.batch_size,
-            num_workers=args.workers,
-            flip=True,
-            prepared_dir=str(Path(scratch) / "prepared"),
-        )
+        data = sample_data(args, Path(scratch) / "prepared", num_workers=args.workers, flip=True)
         started = time.perf_counter()
         (folder,) = data.prepare(["all"])
         prepare_seconds = time.perf_counter() - started

@@ -26,10 +26,9 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from benchmarks.common import table, write_json
+from benchmarks.common import sample_data, table, write_json
 from benchmarks.data import JpegFolder
 from lightning_faces.checkpoint import SafeCheckpointIO
-from lightning_faces.data import CelebADataModule
 from lightning_faces.module import GAN
 from lightning_faces.nets import Discriminator, Generator
 
@@ -102,14 +101,7 @@ class Stopwatch(L.Callback):
 def lightning_run(args: argparse.Namespace, device: torch.device, prepared_dir: str) -> float:
     torch.manual_seed(0)
     model = GAN(latent_dim=args.latent_dim, image_size=args.image_size, g_width=args.width, d_width=args.width)
-    data = CelebADataModule(
-        data_dir=args.data_dir,
-        split="all",
-        val_split=None,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        prepared_dir=prepared_dir,
-    )
+    data = sample_data(args, prepared_dir)
     stopwatch = Stopwatch(args.warmup)
     trainer = L.Trainer(
         accelerator=device.type,
@@ -146,9 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     plain, lightning = [], []
     with tempfile.TemporaryDirectory() as prepared_dir:
-        CelebADataModule(
-            data_dir=args.data_dir, split="all", image_size=args.image_size, prepared_dir=prepared_dir
-        ).prepare(["all"])  # once, before any timing
+        sample_data(args, prepared_dir).prepare(["all"])  # once, before any timing
         for _ in range(args.rounds):
             plain.append(plain_loop(args, device))
             lightning.append(lightning_run(args, device, prepared_dir))

@@ -220,7 +220,8 @@ class GAN(L.LightningModule):
                 logs["train/g_loss"] = self._generator_step(g_opt, real, slot=1 + step)
 
         # every rank's batch-norm running statistics -> their mean, before the EMA copies them
-        average_over_ranks(batch_norm_statistics([self.generator, self.discriminator]))
+        if self.trainer.world_size > 1:
+            average_over_ranks(batch_norm_statistics([self.generator, self.discriminator]))
         if g_updated and hp.ema_decay is not None:
             self._copy_buffers_to_ema()
         self.log_dict(logs)  # tensors: the loggers read them on the host at logging intervals only

@@ -41,9 +41,14 @@ def default_prepared_dir() -> Path:
     return Path(base) / "lightning_faces" / "prepared"
 
 
+def _identity(key: dict[str, Any]) -> dict[str, Any]:
+    """What a prepared folder is made from, as stored in its meta.json (plain JSON values)."""
+    return json.loads(json.dumps({"format": FORMAT, **key}, sort_keys=True, default=str))
+
+
 def prepared_folder(root: str | Path | None, key: dict[str, Any]) -> Path:
     """Where the split that ``key`` describes is (or will be) prepared."""
-    text = json.dumps({"format": FORMAT, **key}, sort_keys=True, default=str)
+    text = json.dumps(_identity(key), sort_keys=True)
     base = Path(root).expanduser() if root else default_prepared_dir()
     return base / hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -66,7 +71,7 @@ def check(folder: Path, key: dict[str, Any], full: bool = True) -> str | None:
         meta = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError) as error:
         return f"meta.json unreadable ({error})"
-    if meta.get("key") != json.loads(json.dumps({"format": FORMAT, **key}, sort_keys=True, default=str)):
+    if meta.get("key") != _identity(key):
         return "made from other data or settings"
     for name in ("images", "attributes"):
         path = folder / f"{name}.npy"
@@ -107,7 +112,7 @@ def build(source: Dataset, folder: Path, key: dict[str, Any], num_workers: int, 
         attributes.flush()
         del images, attributes
         meta = {
-            "key": {"format": FORMAT, **key},
+            "key": _identity(key),
             "shapes": {
                 "images": [count, *first_image.shape],
                 "attributes": [count, *first_attributes.shape],
