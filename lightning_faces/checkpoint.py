@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,20 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     path = Path(path)
     if not path.is_file():
         raise FacesError(f"checkpoint {path} does not exist (or is not a file)")
+    if path.stat().st_size == 0:
+        raise FacesError(f"checkpoint {path} is empty (0 bytes): use an earlier checkpoint of the run")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        what = f" ({found.group(1)})" if found else ""
         raise FacesError(
-            f"checkpoint {path} holds Python objects beyond tensors and plain data, which could run "
-            f"code when loaded, so it was not loaded ({str(error).splitlines()[0]})"
+            f"checkpoint {path} holds pickled Python objects{what} beyond tensors and plain data, which could "
+            "run code when loaded, so it was not loaded: use checkpoints that lightning_faces wrote"
         ) from error
-    except (RuntimeError, EOFError) as error:
-        raise FacesError(f"checkpoint {path} is damaged or not a PyTorch checkpoint: {error}") from error
+    except (RuntimeError, EOFError, ValueError, OSError) as error:
+        reason = str(error).split(". ")[0].strip() or type(error).__name__
+        raise FacesError(
+            f"checkpoint {path} is damaged or not a PyTorch checkpoint (truncated, or another kind of file: "
+            f"{reason}): use an earlier checkpoint of the run"
+        ) from error

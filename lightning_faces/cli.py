@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
+from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -45,10 +46,52 @@ class FacesCLI(LightningCLI):
 
     slurm_folder: Path | None = None
 
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        # listed in --help beside Lightning's four; main() runs them before this parser exists
+        for name, summary in COMMANDS.items():
+            parser._subcommands_action.add_subcommand(name, ArgumentParser(description=summary), help=summary)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # one source of truth: G draws, and D judges, images of the size the data delivers
         parser.link_arguments("data.init_args.image_size", "model.image_size")
         parser.add_lightning_class_args(FID, "fid")  # the `fid:` section; added to the callbacks
+
+    def _parse_ckpt_path(self) -> None:
+        """Reads ``--ckpt_path`` with the safe loader, then takes the model's settings from it.
+
+        Lightning's own version loads the file with a bare ``torch.load`` (a damaged or unsafe
+        file becomes a traceback) and swaps the checkpoint's model settings in without a word.
+        Here a bad file is one line, an image size that disagrees with the data is refused,
+        and settings the checkpoint overrides are named.
+        """
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not path or path in ("last", "best", "hpc", "registry"):  # Lightning's own keywords
+            return
+        hparams = dict(load_checkpoint(path).get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        config = self.config[subcommand]
+        data_size, trained_size = config.data.init_args.get("image_size"), hparams.get("image_size")
+        if data_size is not None and trained_size is not None and data_size != trained_size:
+            raise FacesError(
+                f"checkpoint {path} was trained on {trained_size}px images, but data.image_size is {data_size}: "
+                f"set --data.image_size {trained_size}, or start a new run without --ckpt_path"
+            )
+        differ = {
+            key: (value, config.model.get(key))
+            for key, value in hparams.items()
+            if key != "image_size" and key in config.model and _plain(config.model.get(key)) != _plain(value)
+        }
+        if differ:
+            _say_once(
+                f"checkpoint {path} sets "
+                + ", ".join(f"model.{key} {theirs} (the config says {ours})" for key, (theirs, ours) in differ.items())
+                + ": using the checkpoint's, which its weights were trained with"
+            )
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -105,6 +148,14 @@ class FacesCLI(LightningCLI):
                 callback.check()  # fail now, not after an epoch of training
 
 
+COMMANDS = {
+    "prepare": "Decode the config's data once into prepared arrays (run: prepare --config C).",
+    "fid": "FID between two image folders, CelebA folders or checkpoints (run: fid --help).",
+    "download-weights": "Fetch FID's Inception weights, on a machine with internet (run: download-weights --help).",
+}
+TOOLS = ("fid", "download-weights")  # plain argparse commands (tools.py)
+
+
 class ShortErrorParser(LightningArgumentParser):
     """Says what was wrong in one line (and where --help is) instead of 80 lines of usage first."""
 
@@ -148,9 +199,14 @@ FILE_LOGGERS = ("CSVLogger", "TensorBoardLogger")
 
 
 def _say_once(message: str) -> None:
-    """Prints on the first task only (every task of a job runs the CLI)."""
-    if os.environ.get("SLURM_PROCID", "0") == "0":
+    """Prints on the first process only (under DDP or SLURM every process runs the CLI)."""
+    if all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID")):
         print(message, file=sys.stderr)
+
+
+def _plain(value: Any) -> Any:
+    """Config values compared as plain data (a YAML list and a saved tuple are the same)."""
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def _use_wandb_offline_without_credentials() -> None:
@@ -175,7 +231,7 @@ def main(args: list[str] | None = None) -> None:
     """Runs the CLI; a FacesError becomes one line on stderr and exit status 2."""
     argv = sys.argv[1:] if args is None else args
     try:
-        if argv and argv[0] in ("fid", "download-weights"):
+        if argv and argv[0] in TOOLS:
             from lightning_faces.tools import run_tool
 
             run_tool(argv)
@@ -184,14 +240,37 @@ def main(args: list[str] | None = None) -> None:
             prepare(argv[1:])
             return
         make_cli(args)
-    except FacesError as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr)
+    except Exception as error:
+        # a FacesError raised while the config parser builds a class comes back wrapped in the
+        # parser's own error (e.g. "Does not validate against any of the Union subtypes")
+        cause = user_error(error)
+        if cause is None:
+            raise
+        print(f"error: {_one_line(cause)}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def user_error(error: BaseException | None) -> FacesError | None:
+    """The FacesError that ``error`` is, or was raised from (its cause or context chain)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, FacesError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def program_name() -> str:
+    """How the user started us: ``python -m lightning_faces`` or the ``lightning-faces`` script."""
+    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return "python -m lightning_faces" if script in ("", "__main__.py", "-c") else script
 
 
 def make_cli(args: list[str] | None, **options: Any) -> FacesCLI:
     """The training CLI (parses args, and runs the subcommand unless ``run=False``)."""
     settings = {
+        "parser_kwargs": {"prog": program_name()},
         "subclass_mode_data": True,
         "auto_configure_optimizers": False,  # the GAN configures its two optimizers itself
         "save_config_callback": SaveConfigToLoggers,

@@ -36,13 +36,14 @@ _PARTITION_IDS = {"train": 0, "valid": 1, "test": 2}
 
 
 def crop_and_resize(image: Image.Image, image_size: int, crop: float) -> np.ndarray:
-    """Cuts the centred square of side ``crop * width`` and resizes it to (S, S, 3) uint8.
+    """Cuts the centred square of side ``crop * min(width, height)`` and resizes it to (S, S, 3) uint8.
 
     The box is in fractions of the image, so the official 178x218 CelebA images and half-size
-    copies give the same framing; PIL resamples from the fractional box directly (antialiased).
+    copies give the same framing, and a landscape image is cut from its height as a portrait is
+    from its width; PIL resamples from the fractional box directly (antialiased).
     """
     width, height = image.size
-    side = crop * width
+    side = crop * min(width, height)
     left, top = (width - side) / 2, (height - side) / 2
     box = (left, top, left + side, top + side)
     face = image.convert("RGB").resize((image_size, image_size), Image.Resampling.LANCZOS, box=box)

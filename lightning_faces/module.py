@@ -32,6 +32,15 @@ def dcgan_adam(params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999))
 
 
+def check_optimizer(name: str, make: Any) -> None:
+    """Builds the optimizer once on a stand-in parameter, so a bad setting (a negative learning
+    rate, betas outside [0, 1)) stops the run now, before a run folder is made, in one line."""
+    try:
+        make([nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as error:
+        raise FacesError(f"model.{name}: {error} (fix its init_args in the config)") from error
+
+
 def _no_op() -> None:
     pass
 

@@ -1,0 +1,158 @@
+"""Bad input and faults: one ``error:`` line, exit status 2, nothing left behind.
+
+Each test runs the real entry point (``main``, or ``python -m lightning_faces`` in a subprocess
+where a fresh process matters) the way a user's mistake reaches it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lightning_faces.cli import main
+from tests.conftest import REPO, celeba_args, face_like_image, run_cli
+
+
+def one_line_error(capsys, args: list[str]) -> str:
+    """Runs the CLI, expects exit status 2 and exactly one ``error:`` line; returns that line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert exit_info.value.code == 2 and len(lines) == 1, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (["--data.init_args.batch_size", "0"], "batch_size must be at least 1, got 0"),
+        (["--data.batch_size", "-4"], "batch_size must be at least 1, got -4"),
+        (["--data.crop", "0"], "crop must be a fraction of the image width in (0, 1], got 0"),
+        (["--data.crop", "1.5"], "crop must be a fraction"),
+        (["--data.crop", "-1"], "crop must be a fraction"),
+        (["--data.samples_per_epoch", "2"], "samples_per_epoch 2 is smaller than batch_size 4"),
+    ],
+)
+def test_checks_in_a_datamodule_constructor_are_one_line(tmp_path, capsys, fake_celeba, override, expected):
+    # jsonargparse builds the datamodule inside its Union check and wraps our error in its own
+    line = one_line_error(capsys, ["fit", *celeba_args(fake_celeba, tmp_path / "runs"), *override])
+    assert expected in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_negative_learning_rate_is_one_line_and_leaves_no_run_folder(tmp_path, capsys, fake_celeba):
+    args = ["fit", *celeba_args(fake_celeba, tmp_path / "runs"), "--model.d_optimizer.init_args.lr", "-0.1"]
+    line = one_line_error(capsys, args)
+    assert "model.d_optimizer" in line and "Invalid learning rate: -0.1" in line
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A real 2-iteration run of configs/dcgan.yaml at 16px: its data, runs folder and last.ckpt."""
+    from tests.conftest import write_celeba
+
+    root = tmp_path_factory.mktemp("trained")
+    data = write_celeba(root / "data")
+    result = run_cli(["fit", *celeba_args(data, root / "runs"), "--trainer.max_steps", "2"], cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return data, root / "runs", root / "runs" / "dcgan" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch CODE_RAN",))
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "predict"])
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("truncated", "is damaged or not a PyTorch checkpoint"),
+        ("empty", "is empty (0 bytes)"),
+        ("code", "holds pickled Python objects (posix.system)"),
+    ],
+)
+def test_a_bad_checkpoint_path_is_one_line_and_runs_no_code(
+    tmp_path, capsys, monkeypatch, trained, subcommand, damage, expected
+):
+    data, runs, last = trained
+    bad = tmp_path / "bad.ckpt"
+    if damage == "truncated":
+        bad.write_bytes(last.read_bytes()[:1000])
+    elif damage == "empty":
+        bad.write_bytes(b"")
+    else:
+        torch.save({"state_dict": {}, "hyper_parameters": {"g_width": RunsCode()}}, bad)
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(capsys, [subcommand, *celeba_args(data, tmp_path / "runs"), "--ckpt_path", str(bad)])
+    assert str(bad) in line and expected in line
+    assert not (tmp_path / "CODE_RAN").exists()
+
+
+def test_a_checkpoint_of_another_image_size_names_the_setting(tmp_path, capsys, trained):
+    data, runs, last = trained
+    args = ["fit", *celeba_args(data, tmp_path / "runs"), "--data.image_size", "32", "--ckpt_path", str(last)]
+    line = one_line_error(capsys, args)
+    assert str(last) in line and "trained on 16px images, but data.image_size is 32" in line
+    assert "--data.image_size 16" in line
+
+
+def test_a_checkpoint_of_other_widths_says_it_overrides_them(tmp_path, trained):
+    data, runs, last = trained
+    args = ["fit", *celeba_args(data, tmp_path / "runs"), "--model.g_width", "8", "--trainer.max_steps", "3"]
+    result = run_cli([*args, "--ckpt_path", str(last)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sets model.g_width 4 (the config says 8): using the checkpoint's" in result.stderr
+
+
+def test_top_level_help_lists_every_command_under_the_real_program_name():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_faces", "--help"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: python -m lightning_faces")
+    for command in ("fit", "validate", "test", "predict", "prepare", "fid", "download-weights"):
+        assert f"    {command} " in result.stdout
+    wrong = subprocess.run(
+        [sys.executable, "-m", "lightning_faces", "fit", "--model.no_such_key", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert wrong.returncode == 2 and "python -m lightning_faces fit --help" in wrong.stderr
+    assert "__main__.py" not in wrong.stderr
+
+
+def test_fid_command_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    import lightning_faces.metrics as metrics
+    import lightning_faces.tools as tools
+    from lightning_faces.metrics import make_fid
+    from tests.test_metrics import TinyFeatures
+
+    one = tmp_path / "one"
+    one.mkdir()
+    face_like_image(0, 40, 40).save(one / "0.png")
+    many = tmp_path / "many"
+    many.mkdir()
+    for index in range(4):
+        face_like_image(index, 40, 40).save(many / f"{index}.png")
+    line = one_line_error(capsys, ["fid", str(many), str(many), "--batch-size", "0"])
+    assert "--batch-size: must be at least 1, got 0" in line
+    # without weights, the fid command names its own option, not the training config's key
+    monkeypatch.setattr(metrics, "default_weights_file", lambda: tmp_path / "absent.pth")
+    monkeypatch.setattr(metrics, "download_weights", lambda output=None: (_ for _ in ()).throw(metrics.FacesError("offline")))
+    line = one_line_error(capsys, ["fid", str(many), str(many)])
+    assert "--weights PATH" in line and "feature_extractor_weights_path" not in line
+    monkeypatch.setattr(tools, "check_inception_weights", lambda path, option: None)
+    monkeypatch.setattr(tools, "make_fid", lambda weights, resize: make_fid(feature_extractor=TinyFeatures()))
+    line = one_line_error(capsys, ["fid", str(one), str(many), "--image-size", "16"])
+    assert f"{one} gave 1 image: FID needs at least 2" in line
