@@ -25,6 +25,7 @@ from lightning_faces.data import FaceDataModule
 from lightning_faces.errors import FacesError
 from lightning_faces.metrics import FID
 from lightning_faces.module import GAN
+from lightning_faces.signals import GracefulStop
 from lightning_faces.slurm import Requeue, in_slurm_job, job_id, resume_checkpoint
 
 
@@ -137,9 +138,11 @@ class FacesCLI(LightningCLI):
                 plugins = [*plugins, SLURMEnvironment(auto_requeue=False)]
         kwargs["plugins"], kwargs["callbacks"] = plugins, callbacks
         trainer = super().instantiate_trainer(**kwargs)
-        if self.slurm_folder is not None:
-            # last of all callbacks (after FID and ModelCheckpoint): it saves the finished iteration
-            trainer.callbacks.append(Requeue(str(self.slurm_folder)))
+        if self.subcommand == "fit":
+            # last of all callbacks (after FID and ModelCheckpoint): they save the finished iteration
+            trainer.callbacks.append(GracefulStop())
+            if self.slurm_folder is not None:
+                trainer.callbacks.append(Requeue(str(self.slurm_folder)))
         return trainer
 
     def before_fit(self) -> None:
@@ -239,7 +242,7 @@ def main(args: list[str] | None = None) -> None:
         if argv and argv[0] == "prepare":
             prepare(argv[1:])
             return
-        make_cli(args)
+        cli = make_cli(args)
     except Exception as error:
         # a FacesError raised while the config parser builds a class comes back wrapped in the
         # parser's own error (e.g. "Does not validate against any of the Union subtypes")
@@ -248,6 +251,11 @@ def main(args: list[str] | None = None) -> None:
             raise
         print(f"error: {_one_line(cause)}", file=sys.stderr)
         raise SystemExit(2) from None
+    stop = next((c for c in getattr(cli.trainer, "callbacks", []) if isinstance(c, GracefulStop)), None)
+    if stop is not None and stop.exit_status is not None:
+        if stop.saved_to is not None:
+            _say_once(f"stopped by {stop.received.name if stop.received else 'a signal'}: resume with --ckpt_path {stop.saved_to}")
+        raise SystemExit(stop.exit_status)  # 143 for SIGTERM, 130 for Ctrl-C: not a finished run
 
 
 def user_error(error: BaseException | None) -> FacesError | None:

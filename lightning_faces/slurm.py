@@ -15,7 +15,6 @@ to be (between D's and G's update, or inside a collective on one rank but not an
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from lightning_faces.signals import StopOnSignal
 
 
 def job_id() -> str | None:
@@ -58,7 +59,7 @@ def resume_checkpoint(folder: Path) -> Path | None:
     return best
 
 
-class Requeue(L.Callback):
+class Requeue(StopOnSignal):
     """On SLURM's warning signal: checkpoint between iterations, requeue the job, stop.
 
     Args:
@@ -69,50 +70,24 @@ class Requeue(L.Callback):
     """
 
     def __init__(self, folder: str, signal_name: str = "SIGUSR1", check_every_n_steps: int = 10) -> None:
+        super().__init__((signal_name,), check_every_n_steps)
         self.folder = Path(folder)
-        self.signum = signal.Signals[signal_name]
-        self.check_every_n_steps = check_every_n_steps
-        self.signalled = False  # set by the handler on this rank
-        self.requeued = False
-        self._previous_handler: Any = None
 
     @property
-    def checkpoint_path(self) -> Path:
+    def signalled(self) -> bool:
+        return self.received is not None
+
+    def checkpoint_path(self, trainer: L.Trainer | None = None) -> Path:
         return self.folder / "checkpoints" / "requeue.ckpt"
-
-    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self._previous_handler = signal.signal(self.signum, self._on_signal)
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self.signalled = True  # acted on between iterations, never inside one
-
-    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
-        # the CLI adds this callback last, so FID, grids and checkpoints of this iteration are done
-        if self.requeued:
-            return
-        if trainer.world_size > 1:
-            if trainer.global_step % self.check_every_n_steps:
-                return
-            if not trainer.strategy.reduce_boolean_decision(self.signalled, all=False):
-                return
-        elif not self.signalled:
-            return
-        rank_zero_info(f"SLURM warning signal: saving {self.checkpoint_path} at iteration {trainer.global_step}")
-        trainer.save_checkpoint(self.checkpoint_path)  # every rank; rank 0 writes, atomically
-        self.requeued = True
-        trainer.should_stop = True
 
     def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         # requeueing ends this job at once (SIGTERM), so it comes last, after the end-of-fit
-        # writes (epoch-end checkpoints, grids, curves) and with the loggers flushed
-        if stage == "fit" and self.requeued and trainer.is_global_zero:
+        # writes (grids, curves) and with the loggers flushed
+        if stage == "fit" and self.stopped and trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.finalize("success")
             self._requeue()
-        if stage == "fit" and self._previous_handler is not None:
-            signal.signal(self.signum, self._previous_handler)
-            self._previous_handler = None
+        super().teardown(trainer, module, stage)
 
     def _requeue(self) -> None:
         job = job_id()
@@ -124,7 +99,7 @@ class Requeue(L.Callback):
         if failure:
             rank_zero_warn(
                 f"`scontrol requeue {job}` failed ({failure}); the run stops here. Resume it with "
-                f"`--ckpt_path {self.checkpoint_path}`"
+                f"`--ckpt_path {self.checkpoint_path()}`"
             )
         else:
-            rank_zero_info(f"SLURM job {job} requeued; it resumes from {self.checkpoint_path}")
+            rank_zero_info(f"SLURM job {job} requeued; it resumes from {self.checkpoint_path()}")

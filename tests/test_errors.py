@@ -7,8 +7,10 @@ where a fresh process matters) the way a user's mistake reaches it.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -156,3 +158,37 @@ def test_fid_command_errors_are_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(tools, "make_fid", lambda weights, resize: make_fid(feature_extractor=TinyFeatures()))
     line = one_line_error(capsys, ["fid", str(one), str(many), "--image-size", "16"])
     assert f"{one} gave 1 image: FID needs at least 2" in line
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_ctrl_c_finish_the_iteration_save_last_and_exit_non_zero(tmp_path, fake_celeba, signum, status):
+    runs = tmp_path / "runs"
+    args = ["fit", *celeba_args(fake_celeba, runs), "--trainer.max_steps", "100000", "--trainer.max_epochs", "-1"]
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lightning_faces", *args], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+    )
+    run = runs / "dcgan" / "version_0"
+    for _ in range(600):  # training has started once the first grid is written
+        if (run / "samples" / "step_0000000.png").exists() or process.poll() is not None:
+            break
+        time.sleep(0.1)
+    time.sleep(2)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == status, err[-3000:]
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert checkpoints == ["last.ckpt"], checkpoints  # no half-written temporary, no second copy
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    step = saved["global_step"]
+    assert step > 0 and saved["iteration"] == step
+    assert f"finished iteration {step}, saved " in err
+    assert "resume with --ckpt_path" in err
+    assert (run / "metrics.csv").read_text().count("\n") > 1  # the loggers were flushed
+    resumed = run_cli(
+        ["fit", *celeba_args(fake_celeba, runs), "--trainer.max_steps", str(step + 2), "--trainer.max_epochs", "-1",
+         "--ckpt_path", str(run / "checkpoints" / "last.ckpt")],
+        cwd=tmp_path,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(runs / "dcgan" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step + 2

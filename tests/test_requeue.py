@@ -37,7 +37,7 @@ def test_warning_signal_saves_the_finished_iteration_stops_and_requeues(tmp_path
     trainer = train(tmp_path, make_model(), steps=20, callbacks=[SignalAt(3), requeue])
 
     assert trainer.global_step == 3  # stopped after the iteration the signal came in
-    saved = torch.load(requeue.checkpoint_path, weights_only=True)
+    saved = torch.load(requeue.checkpoint_path(), weights_only=True)
     assert saved["global_step"] == 3 and saved["iteration"] == 3
     assert calls.read_text().split() == ["requeue", "4242"]
     assert signal.getsignal(signal.SIGUSR1) is before  # handler restored after fit
