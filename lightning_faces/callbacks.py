@@ -57,17 +57,25 @@ class SampleGrid(_InRunFolder):
         self.every_n_epochs = every_n_epochs
         self.every_n_steps = every_n_steps
         self.min_cell_size = min_cell_size
+        self._saved_step: int | None = None
 
     def path(self, trainer: L.Trainer) -> Path:
         assert self.folder is not None, "setup() runs first"
         return self.folder / "samples" / f"step_{trainer.global_step:07d}.png"
 
     def save(self, trainer: L.Trainer, module: L.LightningModule) -> Path | None:
-        """Renders and saves this iteration's grid, once (an epoch may end on a step interval)."""
-        path = self.path(trainer)
-        if not trainer.is_global_zero or path.exists():
+        """Renders and saves this iteration's grid, once (an epoch may end on a step interval).
+
+        Every rank renders (a few dozen samples; the EMA's statistics are then refreshed at the
+        same iteration on every rank), rank 0 writes.
+        """
+        if self._saved_step == trainer.global_step:
             return None
+        self._saved_step = trainer.global_step
         images = to_uint8(module.generate(module.fixed_latents))  # (N, 3, S, S)
+        if not trainer.is_global_zero:
+            return None
+        path = self.path(trainer)
         factor = -(-self.min_cell_size // images.shape[-1])  # ceil
         if factor > 1:
             images = images.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -53,8 +54,9 @@ def download_weights(output: str | Path | None = None) -> Path:
     if target.exists():
         return target
     previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(60)  # an offline node fails within a minute instead of hanging
+    socket.setdefaulttimeout(30)  # an offline node fails within seconds or half a minute, never hangs
     try:
+        print(f"FID: downloading the Inception weights (92 MB) to {target}", file=sys.stderr)
         with atomic_path(target) as tmp:
             torch.hub.download_url_to_file(INCEPTION_URL, str(tmp), progress=True)
     except OSError as error:
@@ -64,24 +66,29 @@ def download_weights(output: str | Path | None = None) -> Path:
     return target
 
 
-def check_inception_weights(path: str | None) -> str | None:
-    """Makes sure FID's Inception weights load without a download, before any training.
+def check_inception_weights(path: str | None, option: str = f"--{WEIGHTS_KEY}") -> str | None:
+    """Makes sure FID's Inception weights load, before any training or scoring.
 
-    Returns the path to hand to torchmetrics (``None``: torch-fidelity's default file, which
-    exists). Raises FacesError naming the config key and the download command otherwise.
+    With no path and no file at torch-fidelity's default location, tries to download it there
+    (a machine with internet); when that fails too, stops with what to do. ``option`` is how
+    the calling command names the weights setting. Returns the path to hand to torchmetrics
+    (``None``: torch-fidelity's default file, which then exists).
     """
     advice = (
-        f"set {WEIGHTS_KEY} (--{WEIGHTS_KEY} PATH) to a copy of the file, or run "
+        f"set {option} PATH to a copy of the file, or run "
         "`python -m lightning_faces download-weights` on a machine with internet access (a login node)"
     )
     if path is None:
-        if not default_weights_file().exists():
-            raise FacesError(f"FID needs the Inception weights, and {default_weights_file()} does not exist: {advice}")
         file = default_weights_file()
+        if not file.exists():
+            try:
+                download_weights()
+            except FacesError as error:
+                raise FacesError(f"FID needs the Inception weights, and {file} does not exist ({error}): {advice}")
     else:
         file = Path(path).expanduser()
         if not file.is_file():
-            raise FacesError(f"{WEIGHTS_KEY} {file} is not a file: {advice}")
+            raise FacesError(f"{option} {file} is not a file: {advice}")
     try:
         # torch-fidelity unpickles the file freely; read it safely first, so a file from
         # elsewhere cannot run code
@@ -93,18 +100,50 @@ def check_inception_weights(path: str | None) -> str | None:
     return None if path is None else str(file)
 
 
-def make_fid(weights_path: str | None = None, feature_extractor: nn.Module | None = None) -> nn.Module:
-    """torchmetrics' FID with 2048-d Inception features, or any feature network (tests)."""
+RESIZES = {
+    # what each setting hands torchmetrics' ``antialias`` flag
+    "tensorflow": False,  # bilinear as TensorFlow 1 did it: the original FID code, hence published numbers
+    "antialiased": True,  # torchmetrics' default since 1.8: smoother, and different by a few points
+}
+
+
+def make_fid(
+    weights_path: str | None = None, feature_extractor: nn.Module | None = None, resize: str = "tensorflow"
+) -> nn.Module:
+    """torchmetrics' FID with 2048-d Inception features, or any feature network (tests).
+
+    ``resize`` is how Inception's 299x299 input is made from the images (see ``RESIZES``).
+    """
     from torchmetrics.image.fid import FrechetInceptionDistance
 
+    if resize not in RESIZES:
+        raise FacesError(f"FID resize must be one of {', '.join(RESIZES)}, got {resize!r}")
     if feature_extractor is not None:
         return FrechetInceptionDistance(feature=feature_extractor, reset_real_features=False)
     try:
         return FrechetInceptionDistance(
-            feature=2048, reset_real_features=False, feature_extractor_weights_path=weights_path
+            feature=2048,
+            reset_real_features=False,
+            feature_extractor_weights_path=weights_path,
+            antialias=RESIZES[resize],
         )
     except ModuleNotFoundError as error:
         raise FacesError(f"FID needs torch-fidelity ({error}): pip install torch-fidelity") from error
+
+
+def real_sample(size: int, count: int, seed: int = 0) -> list[int]:
+    """``count`` indices drawn at random (seeded) from ``size`` images, in file order.
+
+    FID's real statistics come from a random sample, not the first images of a split (files are
+    often sorted by something: identity, date, source).
+    """
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:count]
+    return sorted(order.tolist())
+
+
+def describe_protocol(protocol: dict[str, Any]) -> str:
+    """One line that says how an FID number was measured."""
+    return ", ".join(f"{key} {value}" for key, value in protocol.items())
 
 
 def update_from_loader(fid: nn.Module, loader: DataLoader, real: bool, device: torch.device, show: bool) -> None:
@@ -130,6 +169,9 @@ class FID(L.Callback):
             most real images the statistics use.
         real_split: the split of real images to compare with (``train``, ``valid``, ...).
         batch_size: images per Inception forward pass.
+        resize: how images are resized to Inception's 299x299: ``tensorflow`` (the original FID's
+            bilinear resize, what published numbers use) or ``antialiased`` (torchmetrics' default
+            since 1.8; it scores differently).
         feature_extractor_weights_path: the Inception weights file (``None``: torch-fidelity's
             default location, where ``python -m lightning_faces download-weights`` puts it).
         cache_dir: where real statistics are kept (``None``: ``~/.cache/lightning_faces/fid``).
@@ -143,12 +185,18 @@ class FID(L.Callback):
         num_samples: int = 10_000,
         real_split: str = "train",
         batch_size: int = 100,
+        resize: str = "tensorflow",
         feature_extractor_weights_path: str | None = None,
         cache_dir: str | None = None,
         feature_extractor: nn.Module | None = None,
     ) -> None:
         if num_samples < 2:
             raise FacesError(f"FID needs at least 2 samples, got num_samples {num_samples}")
+        if batch_size < 1:
+            raise FacesError(f"fid.batch_size must be at least 1, got {batch_size}")
+        if resize not in RESIZES:
+            raise FacesError(f"fid.resize must be one of {', '.join(RESIZES)}, got {resize!r}")
+        self.resize = resize
         self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
         self.num_samples, self.real_split, self.batch_size = num_samples, real_split, batch_size
         self.weights_path = feature_extractor_weights_path
@@ -159,6 +207,7 @@ class FID(L.Callback):
         self.real_ready = False  # real statistics loaded or computed into self.fid
         self.history: list[tuple[int, float]] = []  # (iteration, FID), kept in checkpoints
         self.last_cache_hit: bool | None = None
+        self.protocol: dict[str, Any] = {}  # how the numbers are measured, filled in at the first evaluation
         self._fixed_latents: torch.Tensor | None = None
 
     @property
@@ -188,7 +237,7 @@ class FID(L.Callback):
     def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and self.active and self.fid is None:
             self.check()
-            self.fid = make_fid(self.weights_path, self.feature_extractor)
+            self.fid = make_fid(self.weights_path, self.feature_extractor, self.resize)
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
@@ -199,14 +248,18 @@ class FID(L.Callback):
             self.evaluate(trainer, module)
 
     @torch.no_grad()
-    def evaluate(self, trainer: L.Trainer, module: L.LightningModule) -> torch.Tensor:
+    def evaluate(self, trainer: L.Trainer, module: L.LightningModule) -> torch.Tensor | None:
         assert self.fid is not None, "FID.setup() runs before evaluate()"
+        if self.history and self.history[-1][0] == trainer.global_step:
+            return None  # an epoch that ends on a step interval: this iteration is scored already
         self.fid.to(module.device)
         if not self.real_ready:
             started = time.perf_counter()
             path = self._load_or_compute_real(trainer, module)
             how = "loaded from" if self.last_cache_hit else "computed and saved to"
             rank_zero_info(f"FID: real statistics {how} {path} in {time.perf_counter() - started:.1f} s")
+            for logger in trainer.loggers:  # beside the numbers: how they are measured
+                logger.log_hyperparams({"fid_protocol": describe_protocol(self.protocol)})
         started = time.perf_counter()
         self.fid.reset()  # drops the fakes, keeps the real statistics
         # sample i always comes from the same latent, whatever the number of ranks; rank r
@@ -223,6 +276,7 @@ class FID(L.Callback):
             logger.log_metrics({"val/fid": float(value), "val/fid_seconds": seconds}, step=trainer.global_step)
         module.log("val/fid", value, prog_bar=True, logger=False)  # for ModelCheckpoint and the bar
         self.history.append((trainer.global_step, float(value)))
+        rank_zero_info(f"FID {float(value):.3f} at iteration {trainer.global_step} ({describe_protocol(self.protocol)})")
         return value
 
     def _latents(self, latent_dim: int) -> torch.Tensor:
@@ -247,19 +301,30 @@ class FID(L.Callback):
         datamodule = trainer.datamodule
         dataset = datamodule.real_images(self.real_split)
         count = min(self.num_samples, len(dataset))
+        data = datamodule.describe(self.real_split)
         key = {
-            "data": datamodule.describe(self.real_split),
+            "data": data,
             "count": count,
+            "sample": "random, seed 0",  # real_sample(); caches of the first N images are not reused
             "features": self._feature_identity(),
         }
+        self.protocol = {
+            "generated": self.num_samples,
+            "real": f"{count} of {len(dataset)} (split {self.real_split}, a seeded random sample)",
+            "image size": data.get("image_size"),
+            "crop": data.get("crop", "none"),
+            "features": key["features"]["network"],
+            "resize": self.resize if self.feature_extractor is None else "none (custom feature network)",
+        }
+
         key_text = json.dumps(key, sort_keys=True, default=str)
         path = self.cache_dir / f"real-{hashlib.sha256(key_text.encode()).hexdigest()[:16]}.pt"
         # rank 0 decides and tells the others, so that all ranks take the same branch below
         states = self._read_cache(path, key_text) if trainer.is_global_zero else None
         self.last_cache_hit = trainer.strategy.broadcast(states is not None, src=0)
         if not self.last_cache_hit:
-            indices = range(trainer.global_rank, count, trainer.world_size)
-            loader = DataLoader(Subset(dataset, list(indices)), batch_size=self.batch_size, num_workers=0)
+            indices = real_sample(len(dataset), count)[trainer.global_rank :: trainer.world_size]
+            loader = DataLoader(Subset(dataset, indices), batch_size=self.batch_size, num_workers=0)
             update_from_loader(self.fid, loader, real=True, device=module.device, show=trainer.is_global_zero)
             states = {
                 name: trainer.strategy.reduce(getattr(self.fid, name).clone(), reduce_op="sum") for name in REAL_STATES
@@ -285,7 +350,12 @@ class FID(L.Callback):
                 "checksum": float(sum(p.double().abs().sum() for p in params)),
             }
         file = Path(self.weights_path) if self.weights_path else default_weights_file()
-        return {"network": "inception-v3-2015-12-05", "dims": 2048, "weights_bytes": file.stat().st_size}
+        return {
+            "network": "inception-v3-2015-12-05 (2048-d)",
+            "dims": 2048,
+            "weights_bytes": file.stat().st_size,
+            "resize": self.resize,
+        }
 
     @staticmethod
     def _read_cache(path: Path, key_text: str) -> dict[str, torch.Tensor] | None:

@@ -81,7 +81,11 @@ class GAN(L.LightningModule):
         d_skip_accuracy: skip D's update on batches where its accuracy is above this.
         gradient_clip_norm: clip each player's gradient norm to this (``None``: no clipping).
         ema_decay: keep an exponential moving average of G's weights with this decay (e.g.
-            0.999) and use it for samples and FID; ``None`` turns it off.
+            0.999) and use it for samples and FID; ``None`` turns it off. Its batch-norm
+            statistics are estimated for its own weights before it samples (see
+            ``refresh_ema_statistics``).
+        ema_statistics_samples: latents the EMA generator's batch-norm statistics are estimated
+            from, in batches of 64.
         num_fixed_samples: size of the fixed latent batch rendered as a grid of samples.
         channels_last: keep G, D and the image batches in channels-last memory layout (faster
             convolutions on recent GPUs, with ``trainer.precision: bf16-mixed``).
@@ -112,6 +116,7 @@ class GAN(L.LightningModule):
         d_skip_accuracy: float | None = None,
         gradient_clip_norm: float | None = None,
         ema_decay: float | None = None,
+        ema_statistics_samples: int = 256,
         num_fixed_samples: int = 64,
         channels_last: bool = False,
         compile: bool = False,
@@ -129,12 +134,16 @@ class GAN(L.LightningModule):
         self.automatic_optimization = False
         self.g_optimizer = g_optimizer or dcgan_adam
         self.d_optimizer = d_optimizer or dcgan_adam
+        for name, optimizer in (("g_optimizer", self.g_optimizer), ("d_optimizer", self.d_optimizer)):
+            check_optimizer(name, optimizer)
         self.generator = Generator(latent_dim, g_width, image_size, norm=g_norm)
         self.discriminator = Discriminator(d_width, image_size, norm=d_norm, feature_layer=feature_layer)
         seeded = torch.Generator().manual_seed(seed)
         self.register_buffer("fixed_latents", torch.randn(num_fixed_samples, latent_dim, generator=seeded))
         if self.generator.uses_virtual_batch_norm:
             self.generator.set_reference(torch.randn(vbn_reference_size, latent_dim, generator=seeded))
+        if ema_statistics_samples < 1:
+            raise FacesError(f"ema_statistics_samples must be at least 1, got {ema_statistics_samples}")
         if ema_decay is not None:
             if not 0 < ema_decay < 1:
                 raise FacesError(f"ema_decay must be between 0 and 1 (e.g. 0.999), got {ema_decay}")
@@ -146,6 +155,7 @@ class GAN(L.LightningModule):
         self._replicas: dict[str, nn.Module] = {}  # DDP wrappers of G and D (GANDDPStrategy)
         self._latent_rng: torch.Generator | None = None
         self._compiled = False
+        self._ema_statistics_at: int | None = None  # the iteration the EMA's statistics belong to
         self.progress: dict[str, float] = {}  # shown by callbacks.ProgressBar
 
     def setup(self, stage: str) -> None:
@@ -228,11 +238,9 @@ class GAN(L.LightningModule):
             for step in range(hp.g_steps_per_d_step):
                 logs["train/g_loss"] = self._generator_step(g_opt, real, slot=1 + step)
 
-        # every rank's batch-norm running statistics -> their mean, before the EMA copies them
+        # every rank's batch-norm running statistics -> their mean
         if self.trainer.world_size > 1:
             average_over_ranks(batch_norm_statistics([self.generator, self.discriminator]))
-        if g_updated and hp.ema_decay is not None:
-            self._copy_buffers_to_ema()
         self.log_dict(logs)  # tensors: the loggers read them on the host at logging intervals only
         if self.iteration % self.trainer.log_every_n_steps == 0:
             # the progress bar shows host numbers refreshed at the same intervals (one transfer);
@@ -272,10 +280,36 @@ class GAN(L.LightningModule):
         torch._foreach_lerp_(list(self.generator_ema.parameters()), list(self.generator.parameters()), weight)
 
     @torch.no_grad()
-    def _copy_buffers_to_ema(self) -> None:
-        # batch-norm statistics are not averaged over time: the EMA uses G's current ones
-        for ema_buffer, buffer in zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True):
-            ema_buffer.copy_(buffer)
+    def refresh_ema_statistics(self) -> None:
+        """Estimates the EMA generator's batch-norm running statistics for its own weights.
+
+        G's running statistics belong to G's current weights, not to the EMA's average of past
+        weights, and sampling the EMA with them washes colours out and blurs. As BigGAN's
+        "standing statistics": run the EMA in training mode over fixed latents and keep the
+        plain mean of each layer's batch statistics (momentum None). Once per iteration at
+        most; the same latents on every rank, so every rank gets the same statistics.
+        """
+        layers = [m for m in self.generator_ema.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not layers or self._ema_statistics_at == self.iteration:
+            return
+        momenta = [layer.momentum for layer in layers]
+        for layer in layers:
+            layer.reset_running_stats()
+            layer.momentum = None  # cumulative average over the batches below
+        seeded = torch.Generator(device=self.device).manual_seed(self.hparams.seed + 2)
+        was_training = self.generator_ema.training
+        self.generator_ema.train()
+        try:
+            remaining = self.hparams.ema_statistics_samples
+            while remaining > 0:
+                count = min(64, remaining)
+                self.generator_ema(self.sample_latents(count, seeded))
+                remaining -= count
+        finally:
+            self.generator_ema.train(was_training)
+            for layer, momentum in zip(layers, momenta, strict=True):
+                layer.momentum = momentum
+        self._ema_statistics_at = self.iteration
 
     def _clip(self, optimizer: Any) -> None:
         if self.hparams.gradient_clip_norm is not None:
@@ -312,12 +346,16 @@ class GAN(L.LightningModule):
         return latents[rank * count : (rank + 1) * count]
 
     @torch.no_grad()
-    def generate(self, latents: torch.Tensor) -> torch.Tensor:
+    def generate(self, latents: torch.Tensor, ema: bool = True) -> torch.Tensor:
         """Renders latents (B, latent_dim) into images (B, 3, S, S) in [-1, 1].
 
-        Uses G's EMA when there is one, in eval mode (batch-norm running statistics).
+        Uses G's EMA when there is one (unless ``ema`` is False), in eval mode (batch-norm
+        running statistics; the EMA's are estimated for its own weights first).
         """
-        generator = self.generator_ema if self.hparams.ema_decay is not None else self.generator
+        generator = self.generator
+        if ema and self.hparams.ema_decay is not None:
+            self.refresh_ema_statistics()
+            generator = self.generator_ema
         was_training = generator.training
         generator.eval()
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -11,14 +12,45 @@ from tqdm import tqdm
 
 from lightning_faces.data import CelebA, ImageFolder, to_uint8
 from lightning_faces.errors import FacesError
-from lightning_faces.metrics import check_inception_weights, download_weights, make_fid
+from lightning_faces.checkpoint import load_checkpoint
+from lightning_faces.metrics import (
+    RESIZES,
+    check_inception_weights,
+    describe_protocol,
+    download_weights,
+    make_fid,
+    real_sample,
+)
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """Says what was wrong in one ``error:`` line (exit status 2), as the training commands do."""
+
+    def error(self, message: str) -> NoReturn:
+        raise FacesError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def at_least(minimum: int):
+    """An argparse type: an integer no smaller than ``minimum``."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
 
 
 def run_tool(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lightning_faces")
+    from lightning_faces.cli import program_name
+
+    parser = OneLineErrors(prog=program_name())
     commands = parser.add_subparsers(dest="command", required=True)
     fid = commands.add_parser(
         "fid",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="FID between two sources",
         description="FID between two sources, each an image folder, a CelebA-layout folder (the one that holds "
         "celeba/) or a checkpoint (sampled), preprocessed as for training.",
@@ -26,13 +58,27 @@ def run_tool(argv: list[str]) -> None:
     fid.add_argument("source_a")
     fid.add_argument("source_b")
     fid.add_argument("--image-size", type=int, default=None, help="side in pixels (default: the checkpoint's, else 64)")
-    fid.add_argument("--num-samples", type=int, default=10_000, help="images sampled from a checkpoint (default 10000)")
-    fid.add_argument("--max-images", type=int, default=None, help="use at most this many images of a folder")
+    fid.add_argument("--num-samples", type=at_least(2), default=10_000, help="images sampled from a checkpoint")
+    fid.add_argument(
+        "--max-images", type=at_least(2), default=None, help="at most this many images of a folder (a seeded random sample)"
+    )
     fid.add_argument("--split", default="all", help="CelebA split of a CelebA folder (default all)")
     fid.add_argument(
         "--crop", type=float, default=None, help="crop fraction (default 0.79 for CelebA, 1.0 for folders)"
     )
-    fid.add_argument("--batch-size", type=int, default=100)
+    fid.add_argument("--batch-size", type=at_least(1), default=100, help="images per Inception pass")
+    fid.add_argument(
+        "--resize",
+        choices=sorted(RESIZES),
+        default="tensorflow",
+        help="how images reach Inception's 299x299: tensorflow is the original FID's (published numbers)",
+    )
+    fid.add_argument(
+        "--generator",
+        choices=("ema", "raw"),
+        default="ema",
+        help="for a checkpoint: its EMA generator when it has one (ema), or the trained weights (raw)",
+    )
     fid.add_argument("--weights", default=None, help="Inception weights file (default: torch-fidelity's location)")
     fid.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     download = commands.add_parser("download-weights", help="fetch the FID Inception weights (needs internet)")
@@ -50,11 +96,12 @@ def run_tool(argv: list[str]) -> None:
 
 
 def compute_fid(args: argparse.Namespace) -> float:
-    weights = check_inception_weights(args.weights)
+    weights = check_inception_weights(args.weights, option="--weights")
     device = torch.device(args.device)
     checkpoints = [s for s in (args.source_a, args.source_b) if _is_checkpoint(s)]
     image_size = args.image_size or (_checkpoint_image_size(checkpoints[0]) if checkpoints else 64)
-    fid = make_fid(weights).to(device)
+    fid = make_fid(weights, resize=args.resize).to(device)
+    counts = []
     for source, real in ((args.source_a, True), (args.source_b, False)):
         count = 0
         with tqdm(desc=f"Inception features of {source}", unit="img", leave=False) as progress:
@@ -62,7 +109,22 @@ def compute_fid(args: argparse.Namespace) -> float:
                 fid.update(images.to(device), real=real)
                 count += images.shape[0]
                 progress.update(images.shape[0])
+        if count < 2:
+            raise FacesError(
+                f"{source} gave {count} image{'s' * (count != 1)}: FID needs at least 2 from each source "
+                "(thousands for a number worth comparing)"
+            )
         print(f"{'A' if real else 'B'}: {count} images from {source}")
+        counts.append(count)
+    protocol = {
+        "A": counts[0],
+        "B": counts[1],
+        "image size": image_size,
+        "crop": args.crop or "0.79 for CelebA folders, 1.0 for image folders",
+        "features": "inception-v3-2015-12-05 (2048-d)",
+        "resize": args.resize,
+    }
+    print(f"protocol: {describe_protocol(protocol)}")
     return float(fid.compute())
 
 
@@ -71,9 +133,18 @@ def _is_checkpoint(source: str) -> bool:
 
 
 def _checkpoint_image_size(path: str) -> int:
-    from lightning_faces.checkpoint import load_checkpoint
-
     return int(load_checkpoint(path)["hyper_parameters"]["image_size"])
+
+
+def load_gan(path: str, device: torch.device):
+    """The GAN of a checkpoint, read with the safe loader (one line for a damaged or unsafe file)."""
+    from lightning_faces.module import GAN
+
+    checkpoint = load_checkpoint(path, map_location=device)
+    model = GAN(**checkpoint["hyper_parameters"])
+    model.on_load_checkpoint(checkpoint)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.to(device).eval()
 
 
 def _batches(source: str, image_size: int, args: argparse.Namespace, device: torch.device):
@@ -81,13 +152,13 @@ def _batches(source: str, image_size: int, args: argparse.Namespace, device: tor
     if _is_checkpoint(source):
         from lightning_faces.module import GAN
 
-        model = GAN.load_from_checkpoint(source, map_location=device, weights_only=True)
+        model = load_gan(source, device)
         if model.hparams.image_size != image_size:
             raise FacesError(f"{source} generates {model.hparams.image_size}px images, not --image-size {image_size}")
         seeded = torch.Generator(device=device).manual_seed(0)
         for start in range(0, args.num_samples, args.batch_size):
             count = min(args.batch_size, args.num_samples - start)
-            yield to_uint8(model.generate(model.sample_latents(count, seeded)))
+            yield to_uint8(model.generate(model.sample_latents(count, seeded), ema=args.generator == "ema"))
         return
     path = Path(source)
     if not path.exists():
@@ -97,7 +168,7 @@ def _batches(source: str, image_size: int, args: argparse.Namespace, device: tor
         dataset = CelebA(path, args.split, image_size, 0.79 if args.crop is None else args.crop)
     else:
         dataset = ImageFolder(path, image_size, 1.0 if args.crop is None else args.crop)
-    if args.max_images is not None:
-        dataset = torch.utils.data.Subset(dataset, range(min(args.max_images, len(dataset))))
+    if args.max_images is not None and args.max_images < len(dataset):
+        dataset = torch.utils.data.Subset(dataset, real_sample(len(dataset), args.max_images))
     for images, _ in DataLoader(dataset, batch_size=args.batch_size, num_workers=2):
         yield images

@@ -136,12 +136,31 @@ def test_only_rank_zero_holds_cached_real_statistics(tmp_path):
     assert int(rank0.fid.real_features_num_samples) == 40
 
 
-def test_missing_inception_weights_name_the_key_and_the_command(tmp_path, monkeypatch):
+def offline(url, dst, progress=True):
+    Path(dst).write_bytes(b"partial")
+    raise __import__("urllib.error").error.URLError("Name or service not known")
+
+
+def test_missing_inception_weights_are_downloaded_at_start_up(tmp_path, monkeypatch):
+    def fetch(url, dst, progress=True):
+        assert url == metrics.INCEPTION_URL and progress  # the official file, with a progress bar
+        torch.save({"conv.weight": torch.zeros(2)}, dst)
+
+    monkeypatch.setattr(metrics, "default_weights_file", lambda: tmp_path / "hub" / "inception.pth")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fetch)
+    assert check_inception_weights(None) is None  # torch-fidelity's default file: now there
+    assert (tmp_path / "hub" / "inception.pth").is_file()
+
+
+def test_missing_inception_weights_without_internet_name_the_key_and_the_command(tmp_path, monkeypatch):
     monkeypatch.setattr(metrics, "default_weights_file", lambda: tmp_path / "absent.pth")
-    with pytest.raises(FacesError, match="feature_extractor_weights_path.*download-weights"):
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(FacesError, match="does not exist .*failed.*feature_extractor_weights_path.*download-weights"):
         check_inception_weights(None)
     with pytest.raises(FacesError, match="is not a file.*download-weights"):
         check_inception_weights(str(tmp_path / "nope.pth"))
+    with pytest.raises(FacesError, match="--weights PATH"):  # the fid command's own option
+        check_inception_weights(str(tmp_path / "nope.pth"), option="--weights")
 
 
 def test_inception_weights_with_pickled_code_are_refused(tmp_path):
@@ -158,12 +177,6 @@ def test_inception_weights_with_pickled_code_are_refused(tmp_path):
 
 
 def test_failed_weights_download_says_so_and_leaves_no_partial_file(tmp_path, monkeypatch):
-    import urllib.error
-
-    def offline(url, dst, progress=True):
-        Path(dst).write_bytes(b"partial")
-        raise urllib.error.URLError("Name or service not known")
-
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     target = tmp_path / "inception.pth"
     with pytest.raises(FacesError, match="downloading the Inception weights from .* failed"):

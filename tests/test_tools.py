@@ -17,8 +17,8 @@ SHARED_WEIGHTS = REPO.parent / "shared" / "fid" / "inception-2015-12-05-torchfid
 @pytest.fixture
 def tiny_fid(monkeypatch):
     """The fid command with a tiny feature network instead of Inception (no weights here)."""
-    monkeypatch.setattr(tools, "check_inception_weights", lambda path: None)
-    monkeypatch.setattr(tools, "make_fid", lambda weights: make_fid(feature_extractor=TinyFeatures()))
+    monkeypatch.setattr(tools, "check_inception_weights", lambda path, option: None)
+    monkeypatch.setattr(tools, "make_fid", lambda weights, resize: make_fid(feature_extractor=TinyFeatures()))
 
 
 def folder_of_faces(path: Path, count: int, offset: int = 0) -> Path:
