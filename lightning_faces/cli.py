@@ -21,6 +21,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from lightning_faces.callbacks import ProgressBar
 from lightning_faces.checkpoint import SafeCheckpointIO, load_checkpoint
+from lightning_faces.console import quiet_known_noise
 from lightning_faces.data import FaceDataModule
 from lightning_faces.errors import FacesError
 from lightning_faces.metrics import FID
@@ -233,6 +234,7 @@ def _use_wandb_offline_without_credentials() -> None:
 def main(args: list[str] | None = None) -> None:
     """Runs the CLI; a FacesError becomes one line on stderr and exit status 2."""
     argv = sys.argv[1:] if args is None else args
+    quiet_known_noise()
     try:
         if argv and argv[0] in TOOLS:
             from lightning_faces.tools import run_tool

@@ -14,7 +14,7 @@ from torch import nn
 
 from lightning_faces.averaging import ParameterAverage
 from lightning_faces.data import to_float, to_uint8
-from lightning_faces.distributed import average_over_ranks, batch_norm_statistics, use_gan_ddp
+from lightning_faces.distributed import GANDDPStrategy, average_over_ranks, batch_norm_statistics, use_gan_ddp
 from lightning_faces.errors import FacesError
 from lightning_faces.losses import (
     LabelSmoothing,
@@ -160,7 +160,10 @@ class GAN(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         strategy = self.trainer.strategy
-        if isinstance(strategy, ParallelStrategy) and not isinstance(strategy, DDPStrategy):
+        # plain DDP only (which use_gan_ddp turns into ours): DeepSpeed subclasses DDPStrategy
+        # but shards and wraps the model its own way
+        plain_ddp = type(strategy) is DDPStrategy or isinstance(strategy, GANDDPStrategy)
+        if isinstance(strategy, ParallelStrategy) and not plain_ddp:
             raise FacesError(
                 f"strategy {type(strategy).__name__} is not supported: use ddp (trainer.strategy: ddp or auto)"
             )

@@ -158,3 +158,21 @@ def test_gan_wrappers_do_not_copy_buffers_in_place_before_each_forward(tmp_path)
         assert DistributedDataParallel(nn.BatchNorm2d(3)).will_sync_module_buffers()  # the default does
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("name", ["DeepSpeedStrategy", "FSDPStrategy"])
+def test_strategies_other_than_ddp_stop_with_one_line(name):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from lightning_faces.errors import FacesError
+    from lightning_faces.module import GAN
+
+    # DeepSpeed's strategy subclasses DDPStrategy (FSDP's does not): both must be refused.
+    # Lightning's DeepSpeedStrategy needs the deepspeed package to construct: a stand-in
+    strategy = type(name, (DDPStrategy,), {}) if name == "DeepSpeedStrategy" else FSDPStrategy
+    model = GAN(latent_dim=8, g_width=4, d_width=4, image_size=16)
+    model._trainer = SimpleNamespace(strategy=strategy.__new__(strategy))
+    with pytest.raises(FacesError, match=f"strategy {name} is not supported: use ddp"):
+        model.setup("fit")

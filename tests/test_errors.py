@@ -62,9 +62,18 @@ def trained(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("trained")
     data = write_celeba(root / "data")
-    result = run_cli(["fit", *celeba_args(data, root / "runs"), "--trainer.max_steps", "2"], cwd=root)
+    extra_checkpoints = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.every_n_train_steps", "1"]
+    result = run_cli(["fit", *celeba_args(data, root / "runs"), "--trainer.max_steps", "2", *extra_checkpoints], cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
-    return data, root / "runs", root / "runs" / "dcgan" / "version_0" / "checkpoints" / "last.ckpt"
+    return data, root / "runs", root / "runs" / "dcgan" / "version_0" / "checkpoints" / "last.ckpt", result.stderr
+
+
+def test_fit_prints_no_warning_that_does_not_apply_and_keeps_those_that_do(trained):
+    stderr = trained[3]
+    for noise in ("manual optimization", "litlogger", "LeafSpec"):
+        assert noise not in stderr
+    # a warning the user can act on still comes through (4 batches < log_every_n_steps 50)
+    assert "smaller than the logging interval" in stderr
 
 
 class RunsCode:
@@ -84,7 +93,7 @@ class RunsCode:
 def test_a_bad_checkpoint_path_is_one_line_and_runs_no_code(
     tmp_path, capsys, monkeypatch, trained, subcommand, damage, expected
 ):
-    data, runs, last = trained
+    data, runs, last, _ = trained
     bad = tmp_path / "bad.ckpt"
     if damage == "truncated":
         bad.write_bytes(last.read_bytes()[:1000])
@@ -99,7 +108,7 @@ def test_a_bad_checkpoint_path_is_one_line_and_runs_no_code(
 
 
 def test_a_checkpoint_of_another_image_size_names_the_setting(tmp_path, capsys, trained):
-    data, runs, last = trained
+    data, runs, last, _ = trained
     args = ["fit", *celeba_args(data, tmp_path / "runs"), "--data.image_size", "32", "--ckpt_path", str(last)]
     line = one_line_error(capsys, args)
     assert str(last) in line and "trained on 16px images, but data.image_size is 32" in line
@@ -107,7 +116,7 @@ def test_a_checkpoint_of_another_image_size_names_the_setting(tmp_path, capsys, 
 
 
 def test_a_checkpoint_of_other_widths_says_it_overrides_them(tmp_path, trained):
-    data, runs, last = trained
+    data, runs, last, _ = trained
     args = ["fit", *celeba_args(data, tmp_path / "runs"), "--model.g_width", "8", "--trainer.max_steps", "3"]
     result = run_cli([*args, "--ckpt_path", str(last)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,0 +1,37 @@
+"""Keeps the console for lines a user can act on: silences, narrowly, what does not apply here.
+
+Each filter names one message and says why it does not apply; anything else Lightning, torch or
+the other libraries print still comes through.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(fragment in record.getMessage() for fragment in self.fragments)
+
+
+def quiet_known_noise() -> None:
+    """Installs the filters (idempotent)."""
+    # ModelCheckpoint warns (14 lines, every fit) that under manual optimization a checkpoint
+    # holds the weights after the optimizer step, and suggests stashing pre-step copies. The GAN
+    # saves between iterations, after D's and G's steps and the EMA, with global_step counting
+    # that finished iteration: the post-step state is exactly what a resume must continue from
+    # (tests/test_cli.py and test_slurm.py resume from such checkpoints to identical weights).
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
+    # Lightning's own Trainer code uses torch's deprecated LeafSpec (lightning/pytorch/utilities/
+    # _pytree.py); nothing in a user's code or config can change it.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    # An advertisement for a hosted logger printed on every run.
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages("litlogger"))
