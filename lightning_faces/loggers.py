@@ -1,11 +1,14 @@
-"""A CSVLogger that continues its metrics.csv when a run resumes into its own folder."""
+"""A CSVLogger that claims its version folder atomically and continues its metrics.csv when a run
+resumes into its own folder."""
 
 from __future__ import annotations
 
 import csv
+import os
 from typing import Any
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
@@ -22,8 +25,23 @@ class _ContinuingWriter(ExperimentWriter):
 class CSVLogger(LightningCSVLogger):
     """Lightning's CSVLogger, except that a run writing into an existing version folder (a
     requeued SLURM job, whose folder is named by its job id) appends to ``metrics.csv``
-    instead of replacing it. Rows logged after the checkpoint a run resumes from appear twice.
+    instead of replacing it (rows logged after the checkpoint a run resumes from appear twice),
+    and that a new run claims ``version_N`` by creating it: two runs started at once in the
+    same folder get two versions (Lightning's lists the folders, and both picked the same).
     """
+
+    def _get_next_version(self) -> int:
+        version = super()._get_next_version()
+        if rank_zero_only.rank != 0 or "file" not in self._fs.protocol:
+            return version  # other ranks take rank 0's folder (trainer.log_dir broadcasts it)
+        root = os.path.join(self._root_dir, self.name)
+        os.makedirs(root, exist_ok=True)
+        while True:
+            try:
+                os.mkdir(os.path.join(root, f"version_{version}"))  # atomic: one process wins
+                return version
+            except FileExistsError:
+                version += 1
 
     @property
     @rank_zero_experiment

@@ -201,3 +201,17 @@ def test_sigterm_and_ctrl_c_finish_the_iteration_save_last_and_exit_non_zero(tmp
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert torch.load(runs / "dcgan" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step + 2
+
+
+def test_two_runs_started_at_once_in_one_folder_get_two_versions(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
+
+    from lightning_faces.loggers import CSVLogger
+
+    # both runs resolve their version before either has written anything: Lightning's logger
+    # lists the folders and gives both version_0 (the second run then died on its config.yaml)
+    plain = [LightningCSVLogger(str(tmp_path / "plain"), name="dcgan") for _ in range(2)]
+    assert [logger.version for logger in plain] == [0, 0]
+    ours = [CSVLogger(str(tmp_path / "runs"), name="dcgan") for _ in range(3)]
+    assert [logger.version for logger in ours] == [0, 1, 2]
+    assert sorted(p.name for p in (tmp_path / "runs" / "dcgan").iterdir()) == ["version_0", "version_1", "version_2"]
