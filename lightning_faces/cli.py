@@ -24,6 +24,7 @@ from lightning_faces.checkpoint import SafeCheckpointIO, load_checkpoint
 from lightning_faces.console import quiet_known_noise
 from lightning_faces.data import FaceDataModule
 from lightning_faces.errors import FacesError
+from lightning_faces.files import remove_stale_temporaries
 from lightning_faces.metrics import FID
 from lightning_faces.module import GAN
 from lightning_faces.signals import GracefulStop
@@ -147,6 +148,9 @@ class FacesCLI(LightningCLI):
         return trainer
 
     def before_fit(self) -> None:
+        checkpoint = self.config.fit.get("ckpt_path")
+        if checkpoint and Path(checkpoint).is_file():
+            remove_stale_temporaries(Path(checkpoint).parent)  # saves a killed run never finished
         for callback in self.trainer.callbacks:
             if isinstance(callback, FID):
                 callback.check()  # fail now, not after an epoch of training

@@ -16,10 +16,12 @@ do not match their ``meta.json`` (truncated, damaged) is moved aside and rebuilt
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 import zlib
 from collections.abc import Sequence
@@ -32,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
 from lightning_faces.errors import FacesError
+from lightning_faces.files import owner_tag, remove_stale_temporaries
 
 FORMAT = 1  # bump when the layout of a prepared folder changes
 
@@ -92,7 +95,7 @@ def build(source: Dataset, folder: Path, key: dict[str, Any], num_workers: int, 
     if count == 0:
         raise FacesError(f"nothing to prepare: {description} has no images")
     first_image, first_attributes = source[0]
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+    tmp = folder.with_name(f"{folder.name}.tmp-{owner_tag()}-{time.monotonic_ns()}")
     tmp.mkdir(parents=True)
     try:
         images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, (count, *first_image.shape))
@@ -142,22 +145,35 @@ def ensure(
     """The prepared folder for ``key``: checked in full if it exists, rebuilt if unsound, else built.
 
     ``source_factory()`` makes the dataset to decode; it is only called when a build is needed.
+    One process builds (or repairs) a folder at a time, holding a lock file beside it; others
+    wait, then find the folder sound and use it. That holds across processes, DDP ranks and
+    nodes that share the disk (where the file system supports flock, as local disks and NFSv4 do).
     """
     folder = prepared_folder(root, key)
-    if folder.exists():
-        problem = check(folder, key)
-        if problem is None:
-            return folder
-        aside = folder.with_name(f"{folder.name}.broken-{int(time.time())}")
-        folder.rename(aside)
-        print(f"prepared data {folder} is unusable ({problem}): moved to {aside.name}, rebuilding")
+    if folder.exists() and check(folder, key) is None:
+        return folder
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(folder.with_name(f"{folder.name}.lock"), "a")  # noqa: SIM115 (held below)
     except OSError as error:
         raise FacesError(
             f"cannot write prepared data under {folder.parent} ({error}): set data.prepared_dir to a writable folder"
         ) from error
-    return build(source_factory(), folder, key, num_workers, description)
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process that prepares {description} in {folder} ...", file=sys.stderr)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        remove_stale_temporaries(folder.parent)  # what killed builders left behind
+        if folder.exists():
+            problem = check(folder, key)
+            if problem is None:
+                return folder  # built or repaired by the process we waited for
+            aside = folder.with_name(f"{folder.name}.broken-{int(time.time())}-{owner_tag()}")
+            folder.rename(aside)
+            print(f"prepared data {folder} is unusable ({problem}): moved to {aside.name}, rebuilding")
+        return build(source_factory(), folder, key, num_workers, description)
 
 
 class PreparedImages(Dataset):

@@ -215,3 +215,21 @@ def test_two_runs_started_at_once_in_one_folder_get_two_versions(tmp_path):
     ours = [CSVLogger(str(tmp_path / "runs"), name="dcgan") for _ in range(3)]
     assert [logger.version for logger in ours] == [0, 1, 2]
     assert sorted(p.name for p in (tmp_path / "runs" / "dcgan").iterdir()) == ["version_0", "version_1", "version_2"]
+
+
+def test_temporaries_of_killed_writers_are_removed_at_the_next_start(tmp_path, trained):
+    from lightning_faces.files import owner_tag
+
+    data, runs, last, _ = trained
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = owner_tag().rsplit("-", 1)[0]
+    folder = last.parent
+    stale = folder / f".last.ckpt.{host}-{int(dead.stdout)}.abc123xy.tmp"  # kill -9 during a save
+    live = folder / f".last.ckpt.{owner_tag()}.zz9xx8yy.tmp"  # a writer that is still running
+    stale.write_bytes(b"\0" * 100)
+    live.write_bytes(b"\0" * 100)
+    args = ["fit", *celeba_args(data, tmp_path / "runs"), "--trainer.max_steps", "3", "--ckpt_path", str(last)]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not stale.exists() and live.exists()
+    live.unlink()

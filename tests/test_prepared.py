@@ -68,7 +68,8 @@ def test_an_interrupted_build_leaves_nothing_to_trust(fake_celeba, tmp_path, mon
     monkeypatch.setattr(CelebA, "__getitem__", interrupted)
     with pytest.raises(KeyboardInterrupt):
         data.prepare(["train"])
-    assert not any((tmp_path / "prepared").iterdir())  # neither a final nor a temporary folder
+    # neither a final nor a temporary folder (the lock file stays: it is only ever opened)
+    assert [p.suffix for p in (tmp_path / "prepared").iterdir()] == [".lock"]
     monkeypatch.setattr(CelebA, "__getitem__", real_getitem)
     (folder,) = data.prepare(["train"])
     assert check(folder, data.describe("train")) is None
@@ -117,3 +118,85 @@ def test_prepare_command_builds_what_fit_reads(fake_celeba, tmp_path, capsys):
     assert len(printed) == 2  # train and valid (dcgan.yaml validates on 'valid')
     shapes = sorted(np.load(Path(line[len("prepared: ") :]) / "images.npy", mmap_mode="r").shape for line in printed)
     assert shapes == [(4, 3, 16, 16), (16, 3, 16, 16)]
+
+
+class SlowSource(torch.utils.data.Dataset):
+    """A CelebA split that takes a while to decode (so two builders overlap) and counts its builds."""
+
+    def __init__(self, data_dir: str, marker_dir: str) -> None:
+        self.inner = CelebA(data_dir, "train", 16, 0.79)
+        self.marker_dir = Path(marker_dir)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int):
+        if index == 0:
+            (self.marker_dir / f"build-{__import__('os').getpid()}").touch()  # one per decoding process
+        __import__("time").sleep(0.03)
+        return self.inner[index]
+
+
+def prepare_in_process(data_dir: str, prepared_dir: str, marker_dir: str, results) -> None:
+    data = CelebADataModule(data_dir=data_dir, image_size=16, batch_size=4, num_workers=0, prepared_dir=prepared_dir)
+    try:
+        folder = prepared_module.ensure(
+            lambda: SlowSource(data_dir, marker_dir), prepared_dir, data.describe("train"), 0, "train"
+        )
+        results.put(("ok", str(folder)))
+    except BaseException as error:  # noqa: BLE001 (reported to the test)
+        results.put(("error", f"{type(error).__name__}: {error}"))
+
+
+def race(fake_celeba, tmp_path) -> list[tuple[str, str]]:
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    (tmp_path / "markers").mkdir(exist_ok=True)
+    args = (str(fake_celeba), str(tmp_path / "prepared"), str(tmp_path / "markers"), results)
+    processes = [context.Process(target=prepare_in_process, args=args) for _ in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+    return [results.get(timeout=5) for _ in processes]
+
+
+def test_two_processes_on_an_empty_cache_decode_once_and_share_the_folder(fake_celeba, tmp_path):
+    outcomes = race(fake_celeba, tmp_path)
+    assert [kind for kind, _ in outcomes] == ["ok", "ok"], outcomes
+    assert outcomes[0][1] == outcomes[1][1]
+    assert len(list((tmp_path / "markers").iterdir())) == 1  # one decoded, the other waited and reused
+
+
+def test_two_processes_that_find_a_damaged_folder_repair_it_once_without_crashing(fake_celeba, tmp_path):
+    (folder,) = module(fake_celeba, tmp_path).prepare(["train"])
+    images = folder / "images.npy"
+    original = images.read_bytes()
+    images.write_bytes(original[:-100])
+    for _ in range(3):  # the race was lost 2 times in 3 before the lock
+        outcomes = race(fake_celeba, tmp_path)
+        assert [kind for kind, _ in outcomes] == ["ok", "ok"], outcomes
+        assert images.read_bytes() == original
+        images.write_bytes(original[:-100])
+    assert len(list((tmp_path / "prepared").glob("*.broken-*"))) == 3  # one repair per damage
+
+
+def test_a_killed_build_leaves_a_temporary_that_the_next_start_removes(fake_celeba, tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # a process that has exited
+    from lightning_faces.files import owner_tag
+
+    host = owner_tag().rsplit("-", 1)[0]
+    stale = tmp_path / "prepared" / f"0123456789abcdef.tmp-{host}-{dead_pid}-1"
+    live = tmp_path / "prepared" / f"fedcba9876543210.tmp-{owner_tag()}-2"  # this process: still writing
+    other_host = tmp_path / "prepared" / f"0123456789abcdef.tmp-otherhost-{dead_pid}-3"
+    for folder in (stale, live, other_host):
+        folder.mkdir(parents=True)
+        (folder / "images.npy").write_bytes(b"\0" * 1000)
+    module(fake_celeba, tmp_path).prepare(["train"])
+    assert not stale.exists() and live.exists() and other_host.exists()
