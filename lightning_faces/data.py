@@ -17,6 +17,7 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from lightning_faces.errors import FacesError
@@ -85,6 +86,7 @@ class CelebA(Dataset):
         self.image_size, self.crop = image_size, crop
         partition = _read_partition(self.folder / "list_eval_partition.txt")
         names, attributes = _read_attributes(self.folder / "list_attr_celeba.txt")
+        _reconcile(self.folder, names, partition, split)
         keep = [i for i, name in enumerate(names) if split == "all" or partition.get(name) == _PARTITION_IDS[split]]
         self.filenames = [names[i] for i in keep]
         self.attributes = torch.from_numpy(attributes[keep]) if keep else torch.zeros(0, len(CELEBA_ATTRIBUTES))
@@ -118,6 +120,37 @@ def celeba_folder(root: str | Path) -> Path:
     return folder
 
 
+BAD_LISTING = 0.01  # refuse when the listings disagree on more than this fraction of the images
+
+
+def _reconcile(folder: Path, names: list[str], partition: dict[str, int], split: Split) -> None:
+    """Says in one line which images the listings leave out, and refuses when they disagree badly.
+
+    An image file without a row in list_attr_celeba.txt, or a listed image without a row in
+    list_eval_partition.txt (for a split other than ``all``), cannot be used; listed images that
+    are missing from the folder are refused by ``_check_images_present``.
+    """
+    listed = set(names)
+    files = [n for n in os.listdir(folder / "img_align_celeba") if Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    unlisted = sum(1 for n in files if n not in listed)
+    unpartitioned = 0 if split == "all" else sum(1 for n in names if n not in partition)
+    problems = []
+    if unlisted:
+        problems.append(f"{unlisted} image files in img_align_celeba/ have no row in list_attr_celeba.txt")
+    if unpartitioned:
+        problems.append(f"{unpartitioned} listed images have no row in list_eval_partition.txt")
+    if not problems:
+        return
+    total = max(len(files), len(names), 1)
+    summary = " and ".join(problems)
+    if (unlisted + unpartitioned) / total > BAD_LISTING:
+        raise FacesError(
+            f"CelebA's files in {folder} disagree: {summary} (of {total}): the download is incomplete or the "
+            "files come from different copies; get the three of them again from the same source"
+        )
+    rank_zero_warn(f"CelebA in {folder}: {summary}; those images are left out")
+
+
 def _read_partition(path: Path) -> dict[str, int]:
     partition = {}
     for line_number, line in enumerate(path.read_text().splitlines(), 1):
@@ -144,6 +177,17 @@ def _read_attributes(path: Path) -> tuple[list[str], np.ndarray]:
             raise FacesError(f"{path} line {line_number} has {len(fields) - 1} attribute values, expected 40")
         names.append(fields[0])
         rows.append([field == "1" for field in fields[1:]])
+    header = lines[0].strip()
+    if not header.isdigit():
+        raise FacesError(f"{path} line 1 should be the image count, got {header!r}")
+    if int(header) != len(names):
+        difference = abs(int(header) - len(names))
+        if difference / max(int(header), len(names), 1) > BAD_LISTING:
+            raise FacesError(
+                f"{path} says {int(header)} images but lists {len(names)}: the file is cut short or edited; "
+                "get list_attr_celeba.txt again"
+            )
+        rank_zero_warn(f"{path} says {int(header)} images but lists {len(names)}: using the {len(names)} listed")
     return names, np.asarray(rows, dtype=np.float32).reshape(-1, 40)
 
 

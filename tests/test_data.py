@@ -105,7 +105,8 @@ def test_samples_per_epoch_trains_each_epoch_on_a_fresh_subset(fake_celeba):
     loader = module.train_dataloader()
     epochs = [torch.cat([images.flatten(1) for images, _ in loader]) for _ in range(3)]
     assert all(len(epoch) == 6 for epoch in epochs)  # 6 of the 16 images per epoch
-    assert len({tuple(e.sum(1).tolist()) for e in epochs}) > 1  # and not the same 6 each time
+    # not the same 6 images each time (as sets: the same images in a new order would not count)
+    assert len({frozenset(e.sum(1).tolist()) for e in epochs}) > 1
 
 
 def test_batches_become_floats_in_minus_one_one_and_flip_only_in_training(fake_celeba):
@@ -188,3 +189,48 @@ def test_loader_workers_default_to_the_cpus_slurm_gave_the_task(monkeypatch, tmp
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "32")
     assert CelebADataModule(data_dir=str(tmp_path), prepared=False).num_workers == 8  # capped
     assert CelebADataModule(data_dir=str(tmp_path), num_workers=1).num_workers == 1
+
+
+def test_images_the_listings_leave_out_are_counted_in_one_line_and_bad_disagreement_is_refused(
+    fake_celeba, monkeypatch
+):
+    import lightning_faces.data as data
+
+    folder = fake_celeba / "celeba"
+    face_like_image(99, 44, 54).save(folder / "img_align_celeba" / "999999.jpg")  # no attribute row
+    partition = (folder / "list_eval_partition.txt").read_text().splitlines()
+    (folder / "list_eval_partition.txt").write_text("\n".join(partition[1:]) + "\n")  # 000001 has no split
+    with pytest.raises(FacesError, match=r"disagree: 1 image files .* no row in list_attr_celeba.txt and 1 listed"):
+        CelebA(fake_celeba, "train", 16, 0.79)  # 2 of 25 images: too many to be an accident
+    monkeypatch.setattr(data, "BAD_LISTING", 0.1)
+    with pytest.warns(UserWarning, match=r"1 image files .* and 1 listed images have no row in list_eval_partition"):
+        dataset = CelebA(fake_celeba, "train", 16, 0.79)
+    assert len(dataset) == 15 and "000001.jpg" not in dataset.filenames
+
+
+def test_an_attribute_list_whose_header_count_disagrees_is_refused_or_reported(fake_celeba, monkeypatch):
+    import lightning_faces.data as data
+
+    listing = fake_celeba / "celeba" / "list_attr_celeba.txt"
+    lines = listing.read_text().splitlines()
+    listing.write_text("\n".join(["30", *lines[1:]]) + "\n")  # says 30, lists 24
+    with pytest.raises(FacesError, match="says 30 images but lists 24: the file is cut short"):
+        CelebA(fake_celeba, "all", 16, 0.79)
+    monkeypatch.setattr(data, "BAD_LISTING", 0.5)
+    with pytest.warns(UserWarning, match="says 30 images but lists 24: using the 24 listed"):
+        assert len(CelebA(fake_celeba, "all", 16, 0.79)) == 24
+
+
+@pytest.mark.parametrize("size", [(160, 120), (40, 30)])
+def test_landscape_images_are_cut_from_their_shorter_side(tmp_path, size):
+    width, height = size
+    image = np.zeros((height, width, 3), np.uint8)
+    image[:, :] = (200, 0, 0)  # red margins left and right
+    left = (width - height) // 2
+    image[:, left : left + height] = (0, 0, 255)  # the centred square: blue
+    folder = tmp_path / "wide"
+    folder.mkdir()
+    Image.fromarray(image).save(folder / "wide.png")
+    face, _ = ImageFolder(folder, 16, 1.0)[0]
+    assert face.shape == (3, 16, 16)
+    assert face[2].float().mean() > 250 and face[0].float().mean() < 5  # all of the square, none of the margins
