@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import pickle
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +22,38 @@ class SafeCheckpointIO(TorchCheckpointIO):
     which refuses pickled code: checkpoints from elsewhere cannot run anything on load."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+        path = Path(path)
+        try:
+            with atomic_path(path) as tmp:
+                torch.save(checkpoint, tmp)
+        except (OSError, RuntimeError) as error:
+            # torch's writer reports a full disk as "basic_ios::clear: iostream error"
+            kept = f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} was there"
+            raise FacesError(f"cannot save checkpoint {path}: {write_failure(error, path.parent)}; {kept}") from error
 
     def load_checkpoint(
         self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
         return load_checkpoint(path, map_location)
+
+
+def write_failure(error: BaseException, folder: Path) -> str:
+    """Why a write into ``folder`` failed, in words a user can act on."""
+    code = getattr(error, "errno", None)
+    if code == errno.EROFS:
+        return f"{folder} is on a read-only file system: point the run somewhere writable"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"{folder} is not writable (permission denied): point the run somewhere writable"
+    if code in (errno.ENOSPC, errno.EDQUOT) or _nearly_full(folder):
+        return f"the disk holding {folder} is full (or over quota): free some space"
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'write failed'}"
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < 16 * 2**20  # less than a small checkpoint's worth
+    except OSError:
+        return False
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:

@@ -6,6 +6,7 @@ the data's prepared arrays; ``fid`` and ``download-weights`` are plain commands 
 
 from __future__ import annotations
 
+import errno
 import netrc
 import os
 import sys
@@ -20,7 +21,7 @@ from lightning.pytorch.plugins.environments import ClusterEnvironment, SLURMEnvi
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from lightning_faces.callbacks import ProgressBar
-from lightning_faces.checkpoint import SafeCheckpointIO, load_checkpoint
+from lightning_faces.checkpoint import SafeCheckpointIO, load_checkpoint, write_failure
 from lightning_faces.console import quiet_known_noise
 from lightning_faces.data import FaceDataModule
 from lightning_faces.errors import FacesError
@@ -264,12 +265,22 @@ def main(args: list[str] | None = None) -> None:
         raise SystemExit(stop.exit_status)  # 143 for SIGTERM, 130 for Ctrl-C: not a finished run
 
 
+WRITE_ERRORS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
+
+
 def user_error(error: BaseException | None) -> FacesError | None:
-    """The FacesError that ``error`` is, or was raised from (its cause or context chain)."""
+    """The FacesError that ``error`` is, or was raised from (its cause or context chain).
+
+    A file that cannot be written (read-only file system, no permission, full disk) is a
+    problem the user fixes too, wherever it happens (run folder, logger, checkpoint).
+    """
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         if isinstance(error, FacesError):
             return error
+        if isinstance(error, OSError) and error.errno in WRITE_ERRORS and error.filename:
+            target = Path(error.filename)
+            return FacesError(f"cannot write {target}: {write_failure(error, target.parent)}")
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None

@@ -233,3 +233,63 @@ def test_temporaries_of_killed_writers_are_removed_at_the_next_start(tmp_path, t
     assert result.returncode == 0, result.stderr[-3000:]
     assert not stale.exists() and live.exists()
     live.unlink()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB file system of its own (tmpfs; the tests run as root in CI)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root (CI runs as root)")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+class FillDisk(__import__("lightning").Callback):
+    """Once iteration ``step`` is saved (at the start of the next), fills the disk holding
+    ``folder`` but for a few KiB. (Lightning runs ModelCheckpoint after every other callback.)"""
+
+    def __init__(self, folder, step: int) -> None:
+        self.folder, self.step = folder, step
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            import shutil
+
+            free = shutil.disk_usage(self.folder).free
+            (self.folder / "filler").write_bytes(b"\0" * (free - 8192))
+
+
+def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_previous_one(small_disk, tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_faces.errors import FacesError
+    from tests.test_module import make_model, train
+
+    saver = ModelCheckpoint(dirpath=small_disk, save_last=True, save_top_k=0, every_n_train_steps=1)
+    with pytest.raises(FacesError) as error:
+        train(
+            tmp_path, make_model(), steps=4, callbacks=[saver, FillDisk(small_disk, 1)], enable_checkpointing=True
+        )
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"cannot save checkpoint {small_disk / 'last.ckpt'}: the disk holding {small_disk} is full" in message
+    assert "the previous last.ckpt is intact" in message
+    kept = torch.load(small_disk / "last.ckpt", weights_only=True)
+    assert kept["global_step"] == 1  # the checkpoint of iteration 1, whole
+    assert [p.name for p in small_disk.iterdir() if p.name.endswith(".tmp")] == []  # no partial file left
+
+
+def test_a_read_only_run_folder_is_one_line(tmp_path, capsys, fake_celeba):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only file system needs root (CI runs as root); chmod does not stop root")
+    mount = tmp_path / "readonly"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount)], check=True)
+    try:
+        line = one_line_error(capsys, ["fit", *celeba_args(fake_celeba, mount / "runs")])
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+    assert f"cannot write {mount / 'runs'}" in line and "read-only file system" in line

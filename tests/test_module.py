@@ -26,13 +26,12 @@ def train(tmp_path, model: GAN, steps: int, callbacks=(), **trainer_kwargs) -> L
         accelerator="cpu",
         max_steps=steps,
         logger=False,
-        enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=tmp_path,
         callbacks=list(callbacks),
         plugins=[SafeCheckpointIO()],
-        **trainer_kwargs,
+        **{"enable_checkpointing": False, **trainer_kwargs},
     )
     trainer.fit(model, data)
     return trainer
