@@ -7,7 +7,6 @@ the data's prepared arrays; ``fid`` and ``download-weights`` are plain commands 
 from __future__ import annotations
 
 import errno
-import netrc
 import os
 import sys
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from lightning_faces.console import quiet_known_noise
 from lightning_faces.data import FaceDataModule
 from lightning_faces.errors import FacesError
 from lightning_faces.files import remove_stale_temporaries
+from lightning_faces.loggers import prepare_wandb
 from lightning_faces.metrics import FID
 from lightning_faces.module import GAN
 from lightning_faces.signals import GracefulStop
@@ -115,7 +115,7 @@ class FacesCLI(LightningCLI):
         wandb_loggers = [spec for spec in _logger_specs(config) if "WandbLogger" in str(spec.get("class_path", ""))]
         if not wandb_loggers:
             return
-        _use_wandb_offline_without_credentials()
+        prepare_wandb()
         checkpoint = config.get("ckpt_path")
         if self.subcommand == "fit" and checkpoint:
             run_id = load_checkpoint(checkpoint).get("wandb_run_id")
@@ -216,24 +216,6 @@ def _say_once(message: str) -> None:
 def _plain(value: Any) -> Any:
     """Config values compared as plain data (a YAML list and a saved tuple are the same)."""
     return list(value) if isinstance(value, (list, tuple)) else value
-
-
-def _use_wandb_offline_without_credentials() -> None:
-    """W&B would prompt for a key (and a batch job would hang): without one, log offline."""
-    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
-        return
-    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
-    try:
-        if netrc.netrc(os.environ.get("NETRC")).authenticators(host):
-            return
-    except (FileNotFoundError, netrc.NetrcParseError):
-        pass
-    os.environ["WANDB_MODE"] = "offline"
-    print(
-        "W&B: no API key found (WANDB_API_KEY or `wandb login`), so this run logs offline under "
-        "<save_dir>/wandb/; upload it later with `wandb sync <save_dir>/wandb/offline-run-*`",
-        file=sys.stderr,
-    )
 
 
 def main(args: list[str] | None = None) -> None:

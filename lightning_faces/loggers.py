@@ -1,11 +1,15 @@
-"""A CSVLogger that claims its version folder atomically and continues its metrics.csv when a run
-resumes into its own folder."""
+"""Loggers: a CSVLogger that claims its version folder atomically and continues its metrics.csv
+when a run resumes into its own folder; W&B that never waits at a prompt or on a dead network."""
 
 from __future__ import annotations
 
 import csv
+import netrc
 import os
+import socket
+import sys
 from typing import Any
+from urllib.parse import urlparse
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -50,3 +54,76 @@ class CSVLogger(LightningCSVLogger):
             self._fs.makedirs(self._root_dir, exist_ok=True)
             self._experiment = _ContinuingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+def wandb_credentials() -> bool:
+    """Whether W&B has credentials for the server it will talk to, asked of wandb (no network).
+
+    Its environment variables, a ``.netrc`` entry for its configured server (``WANDB_BASE_URL``
+    or its settings: not api.wandb.ai on current versions), or a key in its settings.
+    """
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    try:
+        from wandb.sdk import wandb_setup
+        from wandb.sdk.lib.wbauth import wbnetrc
+
+        settings = wandb_setup.singleton().settings
+        return bool(settings.api_key or wbnetrc.read_netrc_auth(host=settings.base_url))
+    except ImportError:  # a wandb without these modules: read .netrc for the server ourselves
+        url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+        try:
+            return bool(netrc.netrc(os.environ.get("NETRC")).authenticators(urlparse(url).hostname or url))
+        except (OSError, netrc.NetrcParseError):
+            return False
+    except Exception:  # noqa: BLE001 (a key in a bad format: let wandb.init report it)
+        return True
+
+
+def wandb_server() -> str:
+    try:
+        from wandb.sdk import wandb_setup
+
+        return wandb_setup.singleton().settings.base_url
+    except Exception:  # noqa: BLE001
+        return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+
+
+def reachable(url: str, timeout: float = 5.0) -> str | None:
+    """None if a TCP connection to ``url``'s host opens within ``timeout`` s, else why not."""
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname or url, port), timeout=timeout).close()
+        return None
+    except OSError as error:
+        return str(error) or type(error).__name__
+
+
+def prepare_wandb() -> None:
+    """Before a W&B logger exists: offline without credentials (a batch job would hang at the
+    login prompt), and offline with a line when its server cannot be reached (wandb.init would
+    give up after about 100 s with a traceback). Says which in one line."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode in ("offline", "disabled", "dryrun"):
+        return
+    if not wandb_credentials():
+        why = "no API key found (WANDB_API_KEY or `wandb login`)"
+    else:
+        server = wandb_server()
+        problem = reachable(server)
+        if problem is None:
+            return
+        why = f"{server} cannot be reached ({problem})"
+    os.environ["WANDB_MODE"] = "offline"
+    try:  # wandb's settings read the environment when asked above: have wandb.init read it anew
+        from wandb.sdk import wandb_setup
+
+        wandb_setup.teardown()
+    except Exception:  # noqa: BLE001
+        pass
+    print(
+        f"W&B: {why}, so this run logs offline under <save_dir>/wandb/; "
+        "upload it later with `wandb sync <save_dir>/wandb/offline-run-*`",
+        file=sys.stderr,
+    )

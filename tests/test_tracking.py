@@ -91,9 +91,52 @@ def test_without_credentials_wandb_goes_offline_with_one_line(tmp_path, fake_cel
     assert list(runs.glob("wandb/offline-run-*/run-*.wandb"))
 
 
+def wandb_env(tmp_path, **variables) -> dict[str, str]:
+    """The environment without any W&B variable (nor the user's .netrc), plus ``variables``."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    return base | {"HOME": str(home), "NETRC": str(home / ".netrc"), "PYTHONPATH": str(REPO)} | variables
+
+
+def test_a_key_in_netrc_for_the_server_wandb_uses_counts_as_logged_in(tmp_path, monkeypatch):
+    import lightning_faces.loggers as loggers
+    from wandb.sdk import wandb_setup
+
+    server = wandb_setup.singleton().settings.base_url  # not api.wandb.ai on current wandb
+    netloc = server.split("://")[-1].split("/")[0]
+    for name, value in wandb_env(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    for name in [n for n in os.environ if n.startswith("WANDB_")]:
+        monkeypatch.delenv(name)
+    (tmp_path / "home" / ".netrc").write_text(f"machine {netloc}\n  login user\n  password {'k' * 40}\n")
+    monkeypatch.setattr(loggers, "reachable", lambda url, timeout=5.0: None)
+    loggers.prepare_wandb()
+    assert "WANDB_MODE" not in os.environ  # online: the user is logged in
+    (tmp_path / "home" / ".netrc").unlink()
+    loggers.prepare_wandb()
+    assert os.environ["WANDB_MODE"] == "offline"
+
+
+def test_online_with_a_key_and_no_network_falls_back_to_offline_with_one_line(tmp_path, fake_celeba):
+    runs = tmp_path / "runs"
+    env = wandb_env(tmp_path, WANDB_MODE="online", WANDB_API_KEY="k" * 40, WANDB_BASE_URL="http://127.0.0.1:9")
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_faces", "fit", *celeba_args(fake_celeba, runs),
+         "--config", str(REPO / "configs" / "wandb.yaml"), "--trainer.max_steps", "2"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    notices = [line for line in result.stderr.splitlines() if line.startswith("W&B:")]
+    assert len(notices) == 1 and "http://127.0.0.1:9 cannot be reached" in notices[0] and "offline" in notices[0]
+    assert list(runs.glob("wandb/offline-run-*/run-*.wandb"))
+
+
 def test_fid_without_weights_stops_at_start_up_naming_the_key_and_command(tmp_path, fake_celeba, capsys, monkeypatch):
     import lightning_faces.metrics as metrics
+    from tests.test_metrics import offline
 
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)  # the download at start-up fails
     monkeypatch.setattr(metrics, "default_weights_file", lambda: tmp_path / "no-such-weights.pth")
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", *celeba_args(fake_celeba, tmp_path / "runs"), "--fid.every_n_epochs", "1"])
