@@ -182,3 +182,93 @@ def test_failed_weights_download_says_so_and_leaves_no_partial_file(tmp_path, mo
     with pytest.raises(FacesError, match="downloading the Inception weights from .* failed"):
         metrics.download_weights(target)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def random_inception(tmp_path_factory) -> str:
+    """An Inception file of torch-fidelity's layout with random weights: the real network and
+    its resize, offline (the official weights would be a download)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
+    torch.save({}, path)
+    original = FeatureExtractorInceptionV3.load_state_dict
+    FeatureExtractorInceptionV3.load_state_dict = lambda self, state: None  # keep the random init
+    try:
+        torch.manual_seed(0)
+        network = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+    finally:
+        FeatureExtractorInceptionV3.load_state_dict = original
+    for layer in network.modules():
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight)  # keeps the features' scale through 90 ReLU layers
+    torch.save(network.state_dict(), path)
+    return str(path)
+
+
+def test_the_resize_setting_reaches_inception_and_changes_the_score(random_inception):
+    from lightning_faces.data import crop_and_resize
+    from tests.conftest import face_like_image
+
+    def faces(offset: int) -> torch.Tensor:  # 64x64 faces: upsampled to 299, where the resizes differ
+        return torch.stack(
+            [torch.from_numpy(crop_and_resize(face_like_image(i + offset, 64, 64), 64, 1.0)).permute(2, 0, 1)
+             for i in range(6)]
+        )  # fmt: skip
+
+    real, fake = faces(0), faces(50)
+    scores = {}
+    for resize in ("tensorflow", "antialiased"):
+        fid = make_fid(random_inception, resize=resize)
+        fid.update(real, real=True)
+        fid.update(fake, real=False)
+        scores[resize] = fid.compute().item()
+    assert scores["tensorflow"] > 1  # distinct images, distinct features (the network is not degenerate)
+    assert scores["tensorflow"] != pytest.approx(scores["antialiased"], rel=1e-3)  # 5.45 vs 5.42 when written
+    assert FID(resize="tensorflow").resize == "tensorflow"  # the published protocol is the default
+    with pytest.raises(FacesError, match="fid.resize must be one of tensorflow, antialiased"):
+        FID(resize="bicubic")
+
+
+def test_real_statistics_come_from_a_seeded_random_sample_not_the_first_images(tmp_path):
+    from lightning_faces.metrics import real_sample
+
+    picked = real_sample(1000, 50)
+    assert picked == sorted(picked) and len(set(picked)) == 50
+    assert picked != list(range(50)) and max(picked) > 500  # spread over the split
+    assert real_sample(1000, 50) == picked  # the same sample every time (the cache relies on it)
+    callback, trainer, module = callback_and_trainer(tmp_path, num_samples=10)
+    seen = []
+    original = metrics.update_from_loader
+
+    def record(fid, loader, real, device, show):
+        seen.extend(loader.dataset.indices)
+        original(fid, loader, real, device, show)
+
+    metrics.update_from_loader, saved = record, metrics.update_from_loader
+    try:
+        callback._load_or_compute_real(trainer, module)
+    finally:
+        metrics.update_from_loader = saved
+    assert seen == real_sample(48, 10) and seen != list(range(10))
+    assert "seeded random sample" in callback.protocol["real"]
+
+
+def test_an_epoch_ending_on_a_step_interval_is_scored_once(tmp_path):
+    from tests.test_module import make_model, train
+
+    class Counting(FID):
+        calls: list[int] = []
+
+        def evaluate(self, trainer, module):
+            value = super().evaluate(trainer, module)
+            if value is not None:
+                self.calls.append(trainer.global_step)
+            return value
+
+    # 32 images at batch 8: an epoch is 4 iterations, so step 4 and the epoch end coincide
+    callback = Counting(every_n_epochs=1, every_n_steps=2, num_samples=8, batch_size=8,
+                        cache_dir=str(tmp_path / "cache"), feature_extractor=TinyFeatures())  # fmt: skip
+    train(tmp_path, make_model(), steps=4, callbacks=[callback])
+    assert callback.calls == [2, 4]
+    assert [step for step, _ in callback.history] == [2, 4]

@@ -278,6 +278,25 @@ def test_generator_ema_averages_g_and_is_what_samples_use(tmp_path):
         make_model(ema_decay=1.5)
 
 
+def test_the_ema_generator_samples_with_batch_statistics_of_its_own_weights(tmp_path):
+    model = make_model(ema_decay=0.9, ema_statistics_samples=128)
+    train(tmp_path, model, steps=3)
+    with torch.no_grad():  # the EMA's weights now differ from G's: give it a very different first layer
+        model.generator_ema.net[0].weight.mul_(3.0)
+    model.iteration += 1  # a new iteration: statistics are estimated again
+    first_norm = next(m for m in model.generator_ema.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    g_norm = next(m for m in model.generator.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    model.generate(torch.randn(4, 8))
+    # what the EMA's first layer puts out, on the latents the statistics are estimated from
+    seeded = torch.Generator().manual_seed(model.hparams.seed + 2)
+    latents = torch.cat([torch.randn(64, 8, generator=seeded) for _ in range(2)])
+    with torch.no_grad():
+        out = model.generator_ema.net[0](latents.view(-1, 8, 1, 1))
+    torch.testing.assert_close(first_norm.running_mean, out.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(first_norm.running_mean, g_norm.running_mean, atol=1e-3)  # not G's
+    assert first_norm.momentum == g_norm.momentum  # momentum restored after the estimate
+
+
 def test_channels_last_keeps_the_networks_and_batches_in_that_layout(tmp_path):
     model = make_model(channels_last=True)
     trainer = train(tmp_path, model, steps=2)
