@@ -98,13 +98,25 @@ def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(tmp_path, fake_c
             "--fid.num_samples": 12,
             "--fid.batch_size": 4,
             "--fid.feature_extractor": "tests.test_metrics.TinyFeatures",
-            "--fid.cache_dir": tmp_path / "fid-cache",
         }
     )
-    two = fit(tmp_path, fake_celeba, "two", devices=2, batch_size=8, extra=shared)[0]["state_dict"]
-    one = fit(tmp_path, fake_celeba, "one", devices=1, batch_size=16, extra=shared)[0]["state_dict"]
+
+    def own_cache(name: str) -> list[str]:  # each run computes its real statistics itself
+        return flags({"--fid.cache_dir": tmp_path / f"fid-cache-{name}"})
+
+    two = fit(tmp_path, fake_celeba, "two", devices=2, batch_size=8, extra=shared + own_cache("two"))[0]["state_dict"]
+    one = fit(tmp_path, fake_celeba, "one", devices=1, batch_size=16, extra=shared + own_cache("one"))[0]["state_dict"]
     # control: one process with batch 8 takes other steps (half the data per iteration)
-    half = fit(tmp_path, fake_celeba, "half", devices=1, batch_size=8, extra=shared)[0]["state_dict"]
+    half = fit(tmp_path, fake_celeba, "half", devices=1, batch_size=8, extra=shared + own_cache("half"))
+    half = half[0]["state_dict"]
+
+    # the real statistics, computed by 2 ranks (each its share, summed) and by 1 process: the same
+    (cached_two,) = (tmp_path / "fid-cache-two").glob("real-*.pt")
+    (cached_one,) = (tmp_path / "fid-cache-one").glob("real-*.pt")
+    real_two, real_one = torch.load(cached_two, weights_only=True), torch.load(cached_one, weights_only=True)
+    assert int(real_two["real_features_num_samples"]) == int(real_one["real_features_num_samples"]) == 12
+    for name in ("real_features_sum", "real_features_cov_sum"):
+        torch.testing.assert_close(real_two[name], real_one[name], rtol=1e-6, atol=1e-6)
 
     # The runs differ only in the order of float32 sums (gloo's all-reduce of two half-batch
     # gradients vs one batch): ~1e-7 relative per gradient. Adam's step is lr * m / (sqrt(v) +
