@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightning_faces.errors import FacesError
 from lightning_faces.prepared import PreparedImages, check, ensure, prepared_folder
@@ -212,6 +212,37 @@ class ImageFolder(Dataset):
         return load_face(self.paths[index], self.image_size, self.crop), torch.zeros(0)
 
 
+class EpochSampler(DistributedSampler):
+    """This rank's share of an epoch's random order, drawn from ``(seed, epoch)``; resumable.
+
+    Each epoch is a fresh permutation of the dataset (its first ``samples_per_epoch`` indices
+    when set: a fresh random subset), and rank r takes every W-th index from r. Because any
+    epoch's order can be drawn again, a run resumed mid-epoch (a requeued or interrupted job)
+    skips the indices its checkpoint had already trained on and sees exactly the batches the
+    uninterrupted run would have. A ``DistributedSampler`` so that Lightning keeps it under DDP
+    and calls ``set_epoch`` at each epoch.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, samples_per_epoch: int | None) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        per_epoch = min(samples_per_epoch or len(dataset), len(dataset))  # type: ignore[arg-type]
+        self.num_samples = per_epoch // num_replicas  # this rank's share
+        self.total_size = self.num_samples * num_replicas
+        self._skip: tuple[int, int] | None = None  # (epoch, indices of this rank already trained on)
+
+    def resume(self, epoch: int, consumed: int) -> None:
+        """The next pass over ``epoch`` leaves out its first ``consumed`` indices (of this rank)."""
+        self._skip = (epoch, consumed)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + self.epoch))  # type: ignore[arg-type]
+        mine = order[: self.total_size][self.rank :: self.num_replicas].tolist()
+        if self._skip is not None and self._skip[0] == self.epoch:
+            mine = mine[self._skip[1] :]
+            self._skip = None
+        return iter(mine)
+
+
 class LatentSeeds(Dataset):
     """Indices 0..n-1 for ``predict``: the module turns each into a latent seeded by it."""
 
@@ -270,6 +301,8 @@ class FaceDataModule(L.LightningDataModule):
         self.samples_per_epoch = samples_per_epoch
         self.predict_samples = predict_samples
         self.train_set: Dataset | None = None
+        self._resume_position: dict[str, int] | None = None  # from a checkpoint (load_state_dict)
+        self._flip_rng: torch.Generator | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
 
@@ -360,15 +393,36 @@ class FaceDataModule(L.LightningDataModule):
         if stage == "test" and not self.test_set:
             raise FacesError("the test split has no images: choose a dataset with a test split")
 
+    def state_dict(self) -> dict[str, int]:
+        """Where training is in its data: the epoch and the batches of it already trained on.
+
+        Saved in checkpoints (Lightning asks at every save); ``train_dataloader`` of a resumed
+        run continues from there.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": trainer.current_epoch, "batches": progress.processed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_position = dict(state) or None
+
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         sampler = None
-        if train and self.samples_per_epoch is not None:
-            # a fresh random subset each epoch; Lightning shards it across DDP ranks
-            sampler = RandomSampler(dataset, num_samples=min(self.samples_per_epoch, len(dataset)))  # type: ignore[arg-type]
+        if train:
+            trainer = self.trainer
+            world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+            seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))  # seed_everything's (the configs set it)
+            sampler = EpochSampler(dataset, world, rank, seed, self.samples_per_epoch)
+            if self._resume_position:
+                position = self._resume_position
+                sampler.resume(position["epoch"], position["batches"] * self.batch_size)
+                self._resume_position = None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train and sampler is None,
+            shuffle=False,  # training order comes from the EpochSampler
             sampler=sampler,
             drop_last=train,  # equal batches keep batch-norm statistics comparable
             num_workers=self.num_workers,
@@ -399,7 +453,13 @@ class FaceDataModule(L.LightningDataModule):
         images, attributes = batch
         images = to_float(images)  # uint8 (B, 3, S, S) -> float in [-1, 1]
         if self.flip and self.trainer is not None and self.trainer.training:
-            mirrored = torch.rand(images.shape[0], device=images.device) < 0.5
+            # drawn from (seed, iteration, rank), not the global RNG (which checkpoints do not
+            # hold): a resumed run flips exactly what the uninterrupted one would have
+            key = (int(os.environ.get("PL_GLOBAL_SEED", "0")), self.trainer.global_step, self.trainer.global_rank)
+            seed = int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1)
+            if self._flip_rng is None or self._flip_rng.device != images.device:
+                self._flip_rng = torch.Generator(device=images.device)
+            mirrored = torch.rand(images.shape[0], device=images.device, generator=self._flip_rng.manual_seed(seed)) < 0.5
             images = torch.where(mirrored.view(-1, 1, 1, 1), images.flip(3), images)
         return images, attributes
 

@@ -103,7 +103,10 @@ def test_samples_per_epoch_trains_each_epoch_on_a_fresh_subset(fake_celeba):
     )
     module.setup("fit")
     loader = module.train_dataloader()
-    epochs = [torch.cat([images.flatten(1) for images, _ in loader]) for _ in range(3)]
+    epochs = []
+    for epoch in range(3):
+        loader.sampler.set_epoch(epoch)  # as Lightning does at the start of each epoch
+        epochs.append(torch.cat([images.flatten(1) for images, _ in loader]))
     assert all(len(epoch) == 6 for epoch in epochs)  # 6 of the 16 images per epoch
     # not the same 6 images each time (as sets: the same images in a new order would not count)
     assert len({frozenset(e.sum(1).tolist()) for e in epochs}) > 1
@@ -114,6 +117,7 @@ def test_batches_become_floats_in_minus_one_one_and_flip_only_in_training(fake_c
 
     class FakeTrainer:
         predicting, training = False, True
+        global_step, global_rank = 0, 0
 
     module.trainer = FakeTrainer()
     images = torch.tensor([[[[0, 255]]]], dtype=torch.uint8).expand(64, 3, 1, 2).contiguous()

@@ -54,3 +54,47 @@ def test_resume_prefers_the_most_iterations_then_the_requeue_checkpoint(tmp_path
     (folder / "half-written.ckpt").write_bytes(b"PK\x03\x04 cut off")
     assert resume_checkpoint(tmp_path / "run") == folder / "last.ckpt"
     assert resume_checkpoint(tmp_path / "empty") is None
+
+
+class RecordBatches(L.Callback):
+    """Records what each iteration trains on: a fingerprint of every image, in batch order."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[float]] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch, batch_idx: int) -> None:
+        self.seen.append(batch[0].flatten(1).sum(1).tolist())  # after flips: those count too
+
+
+def test_a_run_resumed_mid_epoch_trains_on_exactly_the_batches_of_the_uninterrupted_run(tmp_path):
+    """32 images at batch 8: 4 iterations an epoch. Stop after 6 (mid-epoch 2), resume to 11."""
+    from lightning_faces.synthetic import SyntheticFacesDataModule
+
+    def data():
+        return SyntheticFacesDataModule(num_images=32, num_val_images=0, image_size=16, batch_size=8, flip=True)
+
+    def run(steps, callbacks, ckpt_path=None):
+        L.seed_everything(0)
+        trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                            callbacks=callbacks)  # fmt: skip
+        model = make_model()
+        trainer.fit(model, data(), ckpt_path=ckpt_path)
+        return trainer, model
+
+    class SaveAndStop(L.Callback):  # as ModelCheckpoint, SIGTERM and SLURM's requeue save
+        def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+            if trainer.global_step == 6:
+                trainer.save_checkpoint(tmp_path / "mid-epoch.ckpt")
+                trainer.should_stop = True
+
+    whole = RecordBatches()
+    _, uninterrupted = run(11, [whole])
+    first, second = RecordBatches(), RecordBatches()
+    run(11, [first, SaveAndStop()])
+    _, resumed = run(11, [second], ckpt_path=tmp_path / "mid-epoch.ckpt")
+
+    assert len(first.seen) == 6 and len(second.seen) == 5
+    assert first.seen + second.seen == whole.seen  # the same images, order and flips
+    for name, value in uninterrupted.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0, msg=name)

@@ -44,7 +44,8 @@ def workspace(tmp_path_factory) -> Path:
     """Where jobs are submitted from, laid out like a clone: slurm/logs/ exists."""
     root = tmp_path_factory.mktemp("submit")
     (root / "slurm" / "logs").mkdir(parents=True)
-    write_celeba(root / "data", splits=(16, 0, 0))
+    # 64 images at 2 tasks x 8: 4 iterations an epoch, so a signal at iteration 10 comes mid-epoch
+    write_celeba(root / "data", splits=(64, 0, 0))
     return root
 
 
@@ -86,7 +87,7 @@ def write_config(path: Path, name: str, max_steps: int, callbacks: list[dict] = 
                 "batch_size": 8,
                 "num_workers": 0,
                 "val_split": None,
-                "flip": False,
+                "flip": True,  # drawn per (seed, iteration, rank): a resumed run flips the same
             },
         },
     }
@@ -194,7 +195,7 @@ def test_warning_signal_saves_requeues_and_the_job_resumes_where_it_stopped(clus
 
     run = workspace / "runs" / "preempted" / f"slurm-{job}"
     log = (workspace / "slurm" / "logs" / f"faces-{job}.out").read_text()
-    assert f"SLURM warning signal: saving {run.relative_to(workspace)}/checkpoints/requeue.ckpt at iteration 10" in log
+    assert f"SIGUSR1: finished iteration 10, saved {run.relative_to(workspace)}/checkpoints/requeue.ckpt" in log
     assert f"SLURM job {job} requeued" in log
     assert f"SLURM job {job}, restart 1: resuming from {run.relative_to(workspace)}/checkpoints/requeue.ckpt" in log
     assert log.count("FID: real statistics computed and saved to") == 1
@@ -210,8 +211,10 @@ def test_warning_signal_saves_requeues_and_the_job_resumes_where_it_stopped(clus
     final = load(run / "checkpoints" / "last.ckpt")
     assert final["global_step"] == 30 and final["iteration"] == 30
 
-    # nothing a checkpoint promised was lost: weights, Adam moments, EMA, and (keyed by the
-    # iteration) the latents; the run ends where the uninterrupted one did, up to float noise
+    # nothing a checkpoint promised was lost: weights, Adam moments, EMA, (keyed by the
+    # iteration) the latents and flips, and the data position mid-epoch (iteration 10 is the
+    # 3rd of epoch 2: the requeued job trains on that epoch's remaining batches, no others);
+    # the run ends where the uninterrupted one did, up to float noise
     plain = load(plain_run / "checkpoints" / "last.ckpt")
     for name, value in plain["state_dict"].items():
         assert torch.allclose(final["state_dict"][name].float(), value.float(), atol=1e-6), name
