@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
 from jsonargparse import ArgumentParser
+from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -243,7 +243,8 @@ def main(args: list[str] | None = None) -> None:
     stop = next((c for c in getattr(cli.trainer, "callbacks", []) if isinstance(c, GracefulStop)), None)
     if stop is not None and stop.exit_status is not None:
         if stop.saved_to is not None:
-            _say_once(f"stopped by {stop.received.name if stop.received else 'a signal'}: resume with --ckpt_path {stop.saved_to}")
+            name = stop.received.name if stop.received else "a signal"
+            _say_once(f"stopped by {name}: resume with --ckpt_path {stop.saved_to}")
         raise SystemExit(stop.exit_status)  # 143 for SIGTERM, 130 for Ctrl-C: not a finished run
 
 

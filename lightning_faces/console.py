@@ -29,7 +29,12 @@ def quiet_known_noise() -> None:
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
     # Lightning's own Trainer code uses torch's deprecated LeafSpec (lightning/pytorch/utilities/
     # _pytree.py); nothing in a user's code or config can change it.
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+    )
+    # A datamodule without validation images returns no validation loader on purpose, and says
+    # so itself ("... has no images, so validation is skipped"); Lightning adds a vaguer echo.
+    warnings.filterwarnings("ignore", message="Total length of `list` across ranks is zero")
     # An advertisement for a hosted logger printed on every run.
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)

@@ -16,8 +16,8 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightning_faces.errors import FacesError
@@ -223,7 +223,9 @@ class EpochSampler(DistributedSampler):
     and calls ``set_epoch`` at each epoch.
     """
 
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, samples_per_epoch: int | None) -> None:
+    def __init__(
+        self, dataset: Dataset, num_replicas: int, rank: int, seed: int, samples_per_epoch: int | None
+    ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
         per_epoch = min(samples_per_epoch or len(dataset), len(dataset))  # type: ignore[arg-type]
         self.num_samples = per_epoch // num_replicas  # this rank's share
@@ -459,7 +461,9 @@ class FaceDataModule(L.LightningDataModule):
             seed = int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1)
             if self._flip_rng is None or self._flip_rng.device != images.device:
                 self._flip_rng = torch.Generator(device=images.device)
-            mirrored = torch.rand(images.shape[0], device=images.device, generator=self._flip_rng.manual_seed(seed)) < 0.5
+            mirrored = (
+                torch.rand(images.shape[0], device=images.device, generator=self._flip_rng.manual_seed(seed)) < 0.5
+            )
             images = torch.where(mirrored.view(-1, 1, 1, 1), images.flip(3), images)
         return images, attributes
 

@@ -18,7 +18,9 @@ from pathlib import Path
 
 _HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
 # ".last.ckpt.<host>-<pid>.<random>.tmp" (atomic_path) and "<name>.tmp-<host>-<pid>-<n>" (prepared folders)
-_TEMPORARY = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)\.[^.]+\.tmp$|^.+\.tmp-(?P<dhost>[A-Za-z0-9]+)-(?P<dpid>\d+)-\d+$")
+_TEMPORARY = re.compile(
+    r"^\..+\.(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)\.[^.]+\.tmp$|^.+\.tmp-(?P<dhost>[A-Za-z0-9]+)-(?P<dpid>\d+)-\d+$"
+)
 _cleaned: set[Path] = set()
 
 

@@ -84,7 +84,9 @@ def check_inception_weights(path: str | None, option: str = f"--{WEIGHTS_KEY}") 
             try:
                 download_weights()
             except FacesError as error:
-                raise FacesError(f"FID needs the Inception weights, and {file} does not exist ({error}): {advice}")
+                raise FacesError(
+                    f"FID needs the Inception weights, and {file} does not exist ({error}): {advice}"
+                ) from error
     else:
         file = Path(path).expanduser()
         if not file.is_file():
@@ -276,7 +278,9 @@ class FID(L.Callback):
             logger.log_metrics({"val/fid": float(value), "val/fid_seconds": seconds}, step=trainer.global_step)
         module.log("val/fid", value, prog_bar=True, logger=False)  # for ModelCheckpoint and the bar
         self.history.append((trainer.global_step, float(value)))
-        rank_zero_info(f"FID {float(value):.3f} at iteration {trainer.global_step} ({describe_protocol(self.protocol)})")
+        rank_zero_info(
+            f"FID {float(value):.3f} at iteration {trainer.global_step} ({describe_protocol(self.protocol)})"
+        )
         return value
 
     def _latents(self, latent_dim: int) -> torch.Tensor:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch

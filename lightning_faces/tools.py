@@ -10,9 +10,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from lightning_faces.checkpoint import load_checkpoint
 from lightning_faces.data import CelebA, ImageFolder, to_uint8
 from lightning_faces.errors import FacesError
-from lightning_faces.checkpoint import load_checkpoint
 from lightning_faces.metrics import (
     RESIZES,
     check_inception_weights,
@@ -60,7 +60,10 @@ def run_tool(argv: list[str]) -> None:
     fid.add_argument("--image-size", type=int, default=None, help="side in pixels (default: the checkpoint's, else 64)")
     fid.add_argument("--num-samples", type=at_least(2), default=10_000, help="images sampled from a checkpoint")
     fid.add_argument(
-        "--max-images", type=at_least(2), default=None, help="at most this many images of a folder (a seeded random sample)"
+        "--max-images",
+        type=at_least(2),
+        default=None,
+        help="at most this many images of a folder (a seeded random sample)",
     )
     fid.add_argument("--split", default="all", help="CelebA split of a CelebA folder (default all)")
     fid.add_argument(
@@ -150,8 +153,6 @@ def load_gan(path: str, device: torch.device):
 def _batches(source: str, image_size: int, args: argparse.Namespace, device: torch.device):
     """Yields uint8 (B, 3, S, S) batches from a folder, a CelebA folder or a checkpoint."""
     if _is_checkpoint(source):
-        from lightning_faces.module import GAN
-
         model = load_gan(source, device)
         if model.hparams.image_size != image_size:
             raise FacesError(f"{source} generates {model.hparams.image_size}px images, not --image-size {image_size}")

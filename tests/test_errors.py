@@ -63,7 +63,9 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     data = write_celeba(root / "data")
     extra_checkpoints = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.every_n_train_steps", "1"]
-    result = run_cli(["fit", *celeba_args(data, root / "runs"), "--trainer.max_steps", "2", *extra_checkpoints], cwd=root)
+    result = run_cli(
+        ["fit", *celeba_args(data, root / "runs"), "--trainer.max_steps", "2", *extra_checkpoints], cwd=root
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return data, root / "runs", root / "runs" / "dcgan" / "version_0" / "checkpoints" / "last.ckpt", result.stderr
 
@@ -160,7 +162,9 @@ def test_fid_command_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert "--batch-size: must be at least 1, got 0" in line
     # without weights, the fid command names its own option, not the training config's key
     monkeypatch.setattr(metrics, "default_weights_file", lambda: tmp_path / "absent.pth")
-    monkeypatch.setattr(metrics, "download_weights", lambda output=None: (_ for _ in ()).throw(metrics.FacesError("offline")))
+    monkeypatch.setattr(
+        metrics, "download_weights", lambda output=None: (_ for _ in ()).throw(metrics.FacesError("offline"))
+    )
     line = one_line_error(capsys, ["fid", str(many), str(many)])
     assert "--weights PATH" in line and "feature_extractor_weights_path" not in line
     monkeypatch.setattr(tools, "check_inception_weights", lambda path, option: None)
@@ -195,12 +199,23 @@ def test_sigterm_and_ctrl_c_finish_the_iteration_save_last_and_exit_non_zero(tmp
     assert "resume with --ckpt_path" in err
     assert (run / "metrics.csv").read_text().count("\n") > 1  # the loggers were flushed
     resumed = run_cli(
-        ["fit", *celeba_args(fake_celeba, runs), "--trainer.max_steps", str(step + 2), "--trainer.max_epochs", "-1",
-         "--ckpt_path", str(run / "checkpoints" / "last.ckpt")],
+        [
+            "fit",
+            *celeba_args(fake_celeba, runs),
+            "--trainer.max_steps",
+            str(step + 2),
+            "--trainer.max_epochs",
+            "-1",
+            "--ckpt_path",
+            str(run / "checkpoints" / "last.ckpt"),
+        ],
         cwd=tmp_path,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert torch.load(runs / "dcgan" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step + 2
+    assert (
+        torch.load(runs / "dcgan" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+        == step + 2
+    )
 
 
 def test_two_runs_started_at_once_in_one_folder_get_two_versions(tmp_path):
@@ -270,9 +285,7 @@ def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_previous
 
     saver = ModelCheckpoint(dirpath=small_disk, save_last=True, save_top_k=0, every_n_train_steps=1)
     with pytest.raises(FacesError) as error:
-        train(
-            tmp_path, make_model(), steps=4, callbacks=[saver, FillDisk(small_disk, 1)], enable_checkpointing=True
-        )
+        train(tmp_path, make_model(), steps=4, callbacks=[saver, FillDisk(small_disk, 1)], enable_checkpointing=True)
     message = str(error.value)
     assert "\n" not in message
     assert f"cannot save checkpoint {small_disk / 'last.ckpt'}: the disk holding {small_disk} is full" in message

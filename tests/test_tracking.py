@@ -100,8 +100,9 @@ def wandb_env(tmp_path, **variables) -> dict[str, str]:
 
 
 def test_a_key_in_netrc_for_the_server_wandb_uses_counts_as_logged_in(tmp_path, monkeypatch):
-    import lightning_faces.loggers as loggers
     from wandb.sdk import wandb_setup
+
+    import lightning_faces.loggers as loggers
 
     server = wandb_setup.singleton().settings.base_url  # not api.wandb.ai on current wandb
     netloc = server.split("://")[-1].split("/")[0]
