@@ -144,7 +144,9 @@ def load_gan(path: str, device: torch.device):
     from lightning_faces.module import GAN
 
     checkpoint = load_checkpoint(path, map_location=device)
-    model = GAN(**checkpoint["hyper_parameters"])
+    # LightningCLI adds its own entries (``_instantiator``): not GAN arguments
+    settings = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+    model = GAN(**settings)
     model.on_load_checkpoint(checkpoint)
     model.load_state_dict(checkpoint["state_dict"])
     return model.to(device).eval()

@@ -306,3 +306,17 @@ def test_a_read_only_run_folder_is_one_line(tmp_path, capsys, fake_celeba):
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
     assert f"cannot write {mount / 'runs'}" in line and "read-only file system" in line
+
+
+def test_fid_scores_a_checkpoint_that_the_cli_wrote(trained, capsys, monkeypatch):
+    import lightning_faces.tools as tools
+    from lightning_faces.metrics import make_fid
+    from tests.test_metrics import TinyFeatures
+
+    data, runs, last, _ = trained  # holds LightningCLI's own hyperparameter entries
+    monkeypatch.setattr(tools, "check_inception_weights", lambda path, option: None)
+    monkeypatch.setattr(tools, "make_fid", lambda weights, resize: make_fid(feature_extractor=TinyFeatures()))
+    for generator in ("raw", "ema"):
+        main(["fid", str(data), str(last), "--num-samples", "8", "--batch-size", "4", "--generator", generator])
+        out = capsys.readouterr().out
+        assert "B: 8 images" in out and "protocol: A 24, B 8, image size 16" in out and "FID " in out
