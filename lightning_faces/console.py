@@ -35,6 +35,10 @@ def quiet_known_noise() -> None:
     # A datamodule without validation images returns no validation loader on purpose, and says
     # so itself ("... has no images, so validation is skipped"); Lightning adds a vaguer echo.
     warnings.filterwarnings("ignore", message="Total length of `list` across ranks is zero")
+    # A resume mid-epoch continues exactly: the datamodule's state in the checkpoint tells the
+    # EpochSampler which of the epoch's batches to leave out (tests/test_requeue.py). Lightning
+    # only knows loaders that are themselves stateful and warns that this one is not resumable.
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     # An advertisement for a hosted logger printed on every run.
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)

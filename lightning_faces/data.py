@@ -404,8 +404,12 @@ class FaceDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None or trainer.state.fn != "fit":
             return {}
-        progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": trainer.current_epoch, "batches": progress.processed}
+        epochs = trainer.fit_loop.epoch_progress.current
+        # between epochs (a save at an epoch's end) the batch counter still holds the finished
+        # epoch's count: the next epoch has none of its batches trained on yet
+        mid_epoch = epochs.started > epochs.completed
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed if mid_epoch else 0
+        return {"epoch": trainer.current_epoch, "batches": batches}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._resume_position = dict(state) or None
