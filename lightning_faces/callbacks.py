@@ -47,7 +47,7 @@ class SampleGrid(_InRunFolder):
     each is named by its step, so the files sort in training order.
 
     Args:
-        every_n_epochs: epochs between grids.
+        every_n_epochs: epochs between grids (0: none at epoch ends).
         every_n_steps: also save a grid every this many iterations (0: only per epoch).
         min_cell_size: samples smaller than this many pixels are enlarged by a whole factor
             (nearest neighbour: every generated pixel stays visible, none is invented).
@@ -93,7 +93,7 @@ class SampleGrid(_InRunFolder):
             self.save(trainer, module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self.save(trainer, module)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
