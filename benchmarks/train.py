@@ -30,7 +30,7 @@ from benchmarks.common import sample_data, table, write_json
 from benchmarks.data import JpegFolder
 from lightning_faces.checkpoint import SafeCheckpointIO
 from lightning_faces.module import GAN
-from lightning_faces.nets import Discriminator, Generator
+from lightning_faces.nets import DCGANDiscriminator, DCGANGenerator
 
 
 def sync(device: torch.device) -> None:
@@ -41,8 +41,8 @@ def sync(device: torch.device) -> None:
 def plain_loop(args: argparse.Namespace, device: torch.device) -> float:
     """The tutorial loop; returns images/s over the timed iterations."""
     torch.manual_seed(0)
-    generator = Generator(args.latent_dim, args.width, args.image_size).to(device)
-    discriminator = Discriminator(args.width, args.image_size).to(device)
+    generator = DCGANGenerator(args.latent_dim, args.width, args.image_size).to(device)
+    discriminator = DCGANDiscriminator(args.width, args.image_size).to(device)
     g_opt = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
     d_opt = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
     folder = Path(args.data_dir) / "celeba" / "img_align_celeba"
@@ -100,7 +100,9 @@ class Stopwatch(L.Callback):
 
 def lightning_run(args: argparse.Namespace, device: torch.device, prepared_dir: str) -> float:
     torch.manual_seed(0)
-    model = GAN(latent_dim=args.latent_dim, image_size=args.image_size, g_width=args.width, d_width=args.width)
+    model = GAN(
+        DCGANGenerator(args.latent_dim, args.width, args.image_size), DCGANDiscriminator(args.width, args.image_size)
+    )
     data = sample_data(args, prepared_dir)
     stopwatch = Stopwatch(args.warmup)
     trainer = L.Trainer(

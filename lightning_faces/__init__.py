@@ -3,17 +3,14 @@
 from lightning_faces.data import CelebADataModule, FaceDataModule, ImageFolderDataModule
 from lightning_faces.errors import FacesError
 from lightning_faces.module import GAN
-from lightning_faces.nets import Discriminator, Generator
 from lightning_faces.synthetic import SyntheticFacesDataModule
 
 __all__ = [
     "GAN",
     "CelebADataModule",
-    "Discriminator",
     "FaceDataModule",
     "FacesError",
-    "Generator",
     "ImageFolderDataModule",
     "SyntheticFacesDataModule",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import importlib
 import pickle
 import re
 import shutil
@@ -78,3 +79,54 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
             f"checkpoint {path} is damaged or not a PyTorch checkpoint (truncated, or another kind of file: "
             f"{reason}): use an earlier checkpoint of the run"
         ) from error
+
+
+# what a checkpoint's settings may name as a class: this package's networks, objectives,
+# regularizers and augmentation. Anything else is refused, as pickled code is: the settings of
+# a checkpoint from elsewhere must not choose which code runs.
+BUILDABLE = tuple(f"lightning_faces.{name}." for name in ("nets", "objectives", "regularizers", "augment"))
+
+
+def gan_settings(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The ``GAN(...)`` settings a checkpoint was trained with (LightningCLI's own entries left out).
+
+    Raises FacesError for checkpoints from before networks were injected (lightning_faces 0.1,
+    with ``g_width``/``d_width`` settings), which this version cannot rebuild.
+    """
+    settings = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not k.startswith("_")}
+    if settings and "generator" not in settings:
+        raise FacesError(
+            f"checkpoint {path} was written by lightning_faces 0.1 (networks set by g_width/d_width), whose "
+            "settings this version cannot rebuild: train a new run, or sample from it with lightning_faces 0.1"
+        )
+    return settings
+
+
+def build(value: Any, path: str | Path) -> Any:
+    """Instantiates ``{"class_path", "init_args"}`` settings (nested ones first) from this package."""
+    if isinstance(value, list):
+        return [build(item, path) for item in value]
+    if not isinstance(value, dict) or "class_path" not in value:
+        return value
+    class_path = str(value["class_path"])
+    if not class_path.startswith(BUILDABLE):
+        raise FacesError(
+            f"checkpoint {path} names {class_path}, which is not a lightning_faces network, objective or "
+            "regularizer, so it was not built: load its state_dict into networks you build yourself"
+        )
+    if "init_args" not in value:
+        raise FacesError(
+            f"checkpoint {path} does not record {class_path}'s settings (its GAN was built in Python, not "
+            "from a config): build the GAN yourself and load the checkpoint's state_dict into it"
+        )
+    module_name, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), name)
+    return cls(**{key: build(arg, path) for key, arg in value["init_args"].items()})
+
+
+def generator_image_size(settings: dict[str, Any]) -> int | None:
+    """The image size a checkpoint's generator was built for, when its settings record it."""
+    generator = settings.get("generator")
+    if isinstance(generator, dict):
+        return (generator.get("init_args") or {}).get("image_size")
+    return None

@@ -20,7 +20,13 @@ from lightning.pytorch.plugins.environments import ClusterEnvironment, SLURMEnvi
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from lightning_faces.callbacks import ProgressBar
-from lightning_faces.checkpoint import SafeCheckpointIO, load_checkpoint, write_failure
+from lightning_faces.checkpoint import (
+    SafeCheckpointIO,
+    gan_settings,
+    generator_image_size,
+    load_checkpoint,
+    write_failure,
+)
 from lightning_faces.console import quiet_known_noise
 from lightning_faces.data import FaceDataModule
 from lightning_faces.errors import FacesError
@@ -58,7 +64,8 @@ class FacesCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # one source of truth: G draws, and D judges, images of the size the data delivers
-        parser.link_arguments("data.init_args.image_size", "model.image_size")
+        parser.link_arguments("data.init_args.image_size", "model.generator.init_args.image_size")
+        parser.link_arguments("data.init_args.image_size", "model.discriminator.init_args.image_size")
         parser.add_lightning_class_args(FID, "fid")  # the `fid:` section; added to the callbacks
 
     def _parse_ckpt_path(self) -> None:
@@ -73,21 +80,21 @@ class FacesCLI(LightningCLI):
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not path or path in ("last", "best", "hpc", "registry"):  # Lightning's own keywords
             return
-        hparams = dict(load_checkpoint(path).get("hyper_parameters") or {})
-        hparams.pop("_instantiator", None)
+        hparams = gan_settings(load_checkpoint(path), path)
         if not hparams:
             return
         config = self.config[subcommand]
-        data_size, trained_size = config.data.init_args.get("image_size"), hparams.get("image_size")
+        data_size, trained_size = config.data.init_args.get("image_size"), generator_image_size(hparams)
         if data_size is not None and trained_size is not None and data_size != trained_size:
             raise FacesError(
                 f"checkpoint {path} was trained on {trained_size}px images, but data.image_size is {data_size}: "
                 f"set --data.image_size {trained_size}, or start a new run without --ckpt_path"
             )
+        ours = _flatten(config.model.as_dict())
         differ = {
-            key: (value, config.model.get(key))
-            for key, value in hparams.items()
-            if key != "image_size" and key in config.model and _plain(config.model.get(key)) != _plain(value)
+            key: (value, ours[key])
+            for key, value in _flatten(hparams).items()
+            if not key.endswith(".image_size") and key in ours and _plain(ours[key]) != _plain(value)
         }
         if differ:
             _say_once(
@@ -211,6 +218,18 @@ def _say_once(message: str) -> None:
     """Prints on the first process only (under DDP or SLURM every process runs the CLI)."""
     if all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID")):
         print(message, file=sys.stderr)
+
+
+def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys: {"generator": {"init_args": {"width": 64}}} ->
+    {"generator.init_args.width": 64}, so that a difference is named by its exact key."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _plain(value: Any) -> Any:

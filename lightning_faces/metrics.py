@@ -266,7 +266,7 @@ class FID(L.Callback):
         self.fid.reset()  # drops the fakes, keeps the real statistics
         # sample i always comes from the same latent, whatever the number of ranks; rank r
         # scores samples r, r+W, r+2W, ...: all ranks together score each sample once
-        share = self._latents(module.hparams.latent_dim)[trainer.global_rank :: trainer.world_size]
+        share = self._latents(module.latent_dim)[trainer.global_rank :: trainer.world_size]
         for batch in share.split(self.batch_size):
             images = module.generate(batch.to(module.device))  # (B, 3, S, S) in [-1, 1]
             self.fid.update(to_uint8(images), real=False)

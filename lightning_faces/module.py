@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+import warnings
+from pathlib import Path
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -12,19 +14,14 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import DDPStrategy, ParallelStrategy
 from torch import nn
 
-from lightning_faces.averaging import ParameterAverage
+from lightning_faces import objectives
+from lightning_faces.augment import DiffAugment
 from lightning_faces.data import to_float, to_uint8
 from lightning_faces.distributed import GANDDPStrategy, average_over_ranks, batch_norm_statistics, use_gan_ddp
 from lightning_faces.errors import FacesError
-from lightning_faces.losses import (
-    LabelSmoothing,
-    discriminator_accuracy,
-    discriminator_loss,
-    discriminator_targets,
-    feature_matching_loss,
-    generator_loss,
-)
-from lightning_faces.nets import Discriminator, Generator, Norm
+from lightning_faces.nets.virtual_batch_norm import uses_virtual_batch_norm
+from lightning_faces.objectives import NonSaturating, Objective
+from lightning_faces.regularizers import FeatureMatching, Regularizer, Step
 
 
 def dcgan_adam(params: Any) -> torch.optim.Optimizer:
@@ -45,8 +42,32 @@ def _no_op() -> None:
     pass
 
 
+def _describe_objects_in(hparams: dict[str, Any]) -> None:
+    """Replaces objects passed to ``GAN(...)`` in Python by their class paths in ``hparams``.
+
+    Built by the CLI, ``hparams`` holds each network's and objective's config (class_path and
+    init_args), which a checkpoint stores and ``checkpoint.build_gan`` rebuilds from. Built in
+    Python, it would hold the objects themselves, which a safe checkpoint cannot carry.
+    """
+
+    def describe(value: Any) -> Any:
+        if isinstance(value, nn.Module):
+            return {"class_path": f"{type(value).__module__}.{type(value).__qualname__}"}
+        if isinstance(value, (list, tuple)):
+            return [describe(item) for item in value]
+        return value
+
+    for key, value in list(hparams.items()):
+        hparams[key] = describe(value)
+
+
 class GAN(L.LightningModule):
-    """A DCGAN trained with manual optimization: each batch updates D, then G.
+    """A GAN of any generator, discriminator and objective, trained with manual optimization.
+
+    Each batch is one iteration: D's update, then (every ``d_steps_per_g_step``-th batch) G's,
+    then the EMA. The networks follow ``nets.contract``; the objective is an ``objectives``
+    class; each player's regularizers add their penalties to its loss; ``augment`` (DiffAugment)
+    transforms every image D sees, real and fake.
 
     ``trainer.global_step`` counts training iterations (batches), whatever the number of
     optimizer steps in each, so ``max_steps``, ``val_check_interval`` and checkpoint intervals
@@ -59,24 +80,20 @@ class GAN(L.LightningModule):
     W*B draws.
 
     Args:
-        latent_dim: size of z.
-        image_size: side of the generated images (linked from the data config by the CLI).
-        g_width: channels of G's last hidden layer (DCGAN: 64); earlier layers double it.
-        d_width: channels of D's first layer (DCGAN: 64); later layers double it.
-        g_norm: normalization in G: ``batch``, ``virtual`` (reference-batch) or ``none``.
-        d_norm: normalization in D, likewise.
-        vbn_reference_size: examples in the virtual-batch-norm reference batches.
+        generator: G, e.g. ``nets.DCGANGenerator`` or ``nets.ResNetGenerator``.
+        discriminator: D, e.g. ``nets.DCGANDiscriminator`` or ``nets.ResNetDiscriminator``.
+        objective: D's and G's losses; ``None`` is ``NonSaturating()`` (DCGAN's).
+        d_regularizers: penalties added to D's loss (``R1``, ``GradientPenalty``,
+            ``HistoricalAveraging``).
+        g_regularizers: penalties added to G's loss (``FeatureMatching``, ``HistoricalAveraging``).
+        augment: applied to real and fake images before D in training (``DiffAugment``).
         g_optimizer: optimizer for G; ``None`` is Adam(lr=2e-4, betas=(0.5, 0.999)).
         d_optimizer: optimizer for D; ``None`` likewise.
-        label_smoothing: D's targets: ``none`` (1/0), ``one_sided`` (real 0.9) or ``random``
-            (real ~ U(0.8, 1.0), fake ~ U(0.0, 0.1)).
-        smooth_fake_labels: with ``random``, also soften the fake targets (else they stay 0).
-        adversarial_weight: weight of G's non-saturating loss (0 with feature matching alone).
-        feature_matching_weight: weight of feature matching in G's loss (0 turns it off).
-        feature_layer: which D block feature matching compares (-1: the last).
-        historical_averaging_weight: weight of each player's distance from the running mean of
-            its own parameters (0 turns it off).
-        d_steps_per_g_step: update G only every k-th batch (D every batch).
+        lr_decay: ``linear`` lowers both learning rates linearly to 0 at ``trainer.max_steps``
+            (SNGAN's schedule); ``none`` keeps them.
+        adversarial_weight: weight of G's adversarial loss (0 with feature matching alone).
+        d_steps_per_g_step: update G only every k-th batch, D every batch (SNGAN's n_dis: each
+            D step on its own real batch, as in the paper).
         g_steps_per_d_step: update G k times per batch, each on fresh latents.
         d_skip_accuracy: skip D's update on batches where its accuracy is above this.
         gradient_clip_norm: clip each player's gradient norm to this (``None``: no clipping).
@@ -86,6 +103,7 @@ class GAN(L.LightningModule):
             ``refresh_ema_statistics``).
         ema_statistics_samples: latents the EMA generator's batch-norm statistics are estimated
             from, in batches of 64.
+        vbn_reference_size: examples in the reference batches of networks with virtual batch norm.
         num_fixed_samples: size of the fixed latent batch rendered as a grid of samples.
         channels_last: keep G, D and the image batches in channels-last memory layout (faster
             convolutions on recent GPUs, with ``trainer.precision: bf16-mixed``).
@@ -96,27 +114,23 @@ class GAN(L.LightningModule):
 
     def __init__(
         self,
-        latent_dim: int = 100,
-        image_size: int = 64,
-        g_width: int = 64,
-        d_width: int = 64,
-        g_norm: Norm = "batch",
-        d_norm: Norm = "batch",
-        vbn_reference_size: int = 64,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        objective: Objective | None = None,
+        d_regularizers: list[Regularizer] | None = None,
+        g_regularizers: list[Regularizer] | None = None,
+        augment: DiffAugment | None = None,
         g_optimizer: OptimizerCallable | None = None,
         d_optimizer: OptimizerCallable | None = None,
-        label_smoothing: LabelSmoothing = "none",
-        smooth_fake_labels: bool = True,
+        lr_decay: Literal["none", "linear"] = "none",
         adversarial_weight: float = 1.0,
-        feature_matching_weight: float = 0.0,
-        feature_layer: int = -1,
-        historical_averaging_weight: float = 0.0,
         d_steps_per_g_step: int = 1,
         g_steps_per_d_step: int = 1,
         d_skip_accuracy: float | None = None,
         gradient_clip_norm: float | None = None,
         ema_decay: float | None = None,
         ema_statistics_samples: int = 256,
+        vbn_reference_size: int = 64,
         num_fixed_samples: int = 64,
         channels_last: bool = False,
         compile: bool = False,
@@ -124,39 +138,80 @@ class GAN(L.LightningModule):
     ) -> None:
         super().__init__()
         # optimizers are callables, not hyperparameters a checkpoint can hold as plain data
-        self.save_hyperparameters(ignore=["g_optimizer", "d_optimizer"])
+        with warnings.catch_warnings():  # Lightning's advice to ignore modules: they are described instead
+            warnings.filterwarnings("ignore", message="Attribute '.*' is an instance of `nn.Module`")
+            self.save_hyperparameters(ignore=["g_optimizer", "d_optimizer"])
+        _describe_objects_in(self.hparams)
+        for name, net in (("generator", generator), ("discriminator", discriminator)):
+            if not isinstance(net, nn.Module):
+                raise FacesError(f"model.{name} must be a network (an nn.Module), got {type(net).__name__}")
+        if not hasattr(generator, "latent_dim"):
+            name = type(generator).__name__
+            raise FacesError(f"model.generator {name} has no latent_dim attribute (see lightning_faces.nets.contract)")
         if d_steps_per_g_step < 1 or g_steps_per_d_step < 1:
             raise FacesError("d_steps_per_g_step and g_steps_per_d_step must be at least 1")
         if d_steps_per_g_step > 1 and g_steps_per_d_step > 1:
             raise FacesError("set d_steps_per_g_step or g_steps_per_d_step above 1, not both")
-        if adversarial_weight == 0 and feature_matching_weight == 0:
-            raise FacesError("G has no loss: adversarial_weight and feature_matching_weight are both 0")
         self.automatic_optimization = False
         self.g_optimizer = g_optimizer or dcgan_adam
         self.d_optimizer = d_optimizer or dcgan_adam
         for name, optimizer in (("g_optimizer", self.g_optimizer), ("d_optimizer", self.d_optimizer)):
             check_optimizer(name, optimizer)
-        self.generator = Generator(latent_dim, g_width, image_size, norm=g_norm)
-        self.discriminator = Discriminator(d_width, image_size, norm=d_norm, feature_layer=feature_layer)
+        self.generator, self.discriminator = generator, discriminator
+        self.objective = objective if objective is not None else NonSaturating()
+        self.augment = augment if augment is not None else nn.Identity()
+        self.d_regularizers = nn.ModuleList(d_regularizers or [])
+        self.g_regularizers = nn.ModuleList(g_regularizers or [])
+        for regularizer in self.d_regularizers:
+            regularizer.bind(self.discriminator)
+        for regularizer in self.g_regularizers:
+            regularizer.bind(self.generator)
+        if adversarial_weight == 0 and not any(isinstance(r, FeatureMatching) for r in self.g_regularizers):
+            raise FacesError("G has no loss: adversarial_weight is 0 and g_regularizers has no FeatureMatching")
         seeded = torch.Generator().manual_seed(seed)
-        self.register_buffer("fixed_latents", torch.randn(num_fixed_samples, latent_dim, generator=seeded))
-        if self.generator.uses_virtual_batch_norm:
-            self.generator.set_reference(torch.randn(vbn_reference_size, latent_dim, generator=seeded))
+        self.register_buffer("fixed_latents", torch.randn(num_fixed_samples, self.latent_dim, generator=seeded))
+        if uses_virtual_batch_norm(self.generator):
+            self.generator.set_reference(torch.randn(vbn_reference_size, self.latent_dim, generator=seeded))
         if ema_statistics_samples < 1:
             raise FacesError(f"ema_statistics_samples must be at least 1, got {ema_statistics_samples}")
         if ema_decay is not None:
             if not 0 < ema_decay < 1:
                 raise FacesError(f"ema_decay must be between 0 and 1 (e.g. 0.999), got {ema_decay}")
             self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
-        if historical_averaging_weight > 0:
-            self.g_average = ParameterAverage(self.generator)
-            self.d_average = ParameterAverage(self.discriminator)
         self.iteration = 0  # batches trained on; saved in checkpoints
         self._replicas: dict[str, nn.Module] = {}  # DDP wrappers of G and D (GANDDPStrategy)
         self._latent_rng: torch.Generator | None = None
         self._compiled = False
         self._ema_statistics_at: int | None = None  # the iteration the EMA's statistics belong to
         self.progress: dict[str, float] = {}  # shown by callbacks.ProgressBar
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: Any = "cpu") -> GAN:
+        """The GAN of a checkpoint written through the CLI, read without unpickling code.
+
+        Its networks, objective and regularizers are rebuilt from the settings it records
+        (only this package's classes); ``load_from_checkpoint`` would instantiate whatever
+        classes the file names. A bad file, or one from lightning_faces 0.1, is one line.
+        """
+        from lightning_faces.checkpoint import build, gan_settings, load_checkpoint
+
+        checkpoint = load_checkpoint(path, map_location=map_location)
+        model = cls(**{key: build(value, path) for key, value in gan_settings(checkpoint, path).items()})
+        model.restore(checkpoint)
+        return model
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Loads a checkpoint's weights and state into this GAN (built with the same settings)."""
+        self.on_load_checkpoint(checkpoint)
+        self.load_state_dict(checkpoint["state_dict"])
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.generator.latent_dim)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.generator.image_size)
 
     def setup(self, stage: str) -> None:
         strategy = self.trainer.strategy
@@ -185,8 +240,19 @@ class GAN(L.LightningModule):
         """
         self._replicas = {} if wrap is None else {"g": wrap(self.generator), "d": wrap(self.discriminator)}
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.d_optimizer(self.discriminator.parameters()), self.g_optimizer(self.generator.parameters())]
+    def configure_optimizers(self) -> Any:
+        optimizers = [self.d_optimizer(self.discriminator.parameters()), self.g_optimizer(self.generator.parameters())]
+        if self.hparams.lr_decay == "none":
+            return optimizers
+        iterations = self.trainer.max_steps
+        if iterations is None or iterations < 1:
+            raise FacesError("model.lr_decay linear decays to 0 at trainer.max_steps: set trainer.max_steps")
+
+        def remaining(iteration: int) -> float:
+            return max(0.0, 1.0 - iteration / iterations)  # lr_t = lr_0 (1 - t/T)
+
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(o, remaining) for o in optimizers]
+        return optimizers, [{"scheduler": s, "interval": "step"} for s in schedulers]
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         real, _attributes = batch  # (B, 3, S, S) in [-1, 1]
@@ -198,20 +264,19 @@ class GAN(L.LightningModule):
         batch_size = real.shape[0]
         logs: dict[str, torch.Tensor] = {}
 
-        # 1. D: learn to tell real from G's current fakes. Both passes go through D's DDP
-        # wrapper before one backward; G runs unwrapped (no gradients to share).
+        # 1. D: learn to tell real from G's current fakes. D's passes go through its DDP
+        # wrapper (and the augmentation) before one backward; G runs unwrapped (no gradients).
         discriminator = self._replicas.get("d", self.discriminator)
+
+        def d_scores(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return discriminator(self.augment(images))
+
         with torch.no_grad():
             fake = self.generator(self.training_latents(batch_size, slot=0))
-        real_logits, _ = discriminator(real)
-        fake_logits, _ = discriminator(fake)
-        real_targets, fake_targets = discriminator_targets(
-            batch_size, hp.label_smoothing, hp.smooth_fake_labels, self.device
-        )
-        d_loss = discriminator_loss(real_logits, fake_logits, real_targets, fake_targets)
-        if hp.historical_averaging_weight > 0:
-            d_loss = d_loss + hp.historical_averaging_weight * self.d_average.penalty(self.discriminator)
-        accuracy = discriminator_accuracy(real_logits.detach(), fake_logits.detach())
+        real_logits, _ = d_scores(real)
+        fake_logits, fake_features = d_scores(fake)
+        d_loss = self.objective.discriminator_loss(real_logits, fake_logits)
+        accuracy = objectives.accuracy(real_logits.detach(), fake_logits.detach(), self.objective.threshold)
         # skipping needs the accuracy on the host: the one sync in the step, only when asked
         # for. Ranks decide together on their mean accuracy: a rank that skipped D's backward
         # while another ran it would leave DDP waiting for gradients that never come.
@@ -219,31 +284,34 @@ class GAN(L.LightningModule):
         if hp.d_skip_accuracy is not None:
             skip_d = self.trainer.strategy.reduce(accuracy, reduce_op="mean").item() > hp.d_skip_accuracy
         if not skip_d:
+            step = Step(self.discriminator, real, fake, fake_features, d_scores, self.iteration)
+            penalties = self._penalties(self.d_regularizers, step, "d", logs)
             d_opt.zero_grad(set_to_none=True)
-            self.manual_backward(d_loss)
+            self.manual_backward(d_loss + penalties)
             self._clip(d_opt)
             d_opt.step()
-            if hp.historical_averaging_weight > 0:
-                self.d_average.update(self.discriminator)
+            for regularizer in self.d_regularizers:
+                regularizer.after_step(self.discriminator)
         logs.update(
             {
                 "train/d_loss": d_loss.detach(),
-                "train/d_real": torch.sigmoid(real_logits.detach()).mean(),  # mean D(x)
-                "train/d_fake": torch.sigmoid(fake_logits.detach()).mean(),  # mean D(G(z))
+                "train/d_real": self.objective.probability(real_logits.detach()).mean(),  # mean D(x)
+                "train/d_fake": self.objective.probability(fake_logits.detach()).mean(),  # mean D(G(z))
                 "train/d_accuracy": accuracy,
                 "train/d_skipped": torch.tensor(float(skip_d)),
             }
         )
 
         # 2. G: fool the (just updated) D, every k-th batch or k times per batch
-        g_updated = (self.iteration + 1) % hp.d_steps_per_g_step == 0
-        if g_updated:
-            for step in range(hp.g_steps_per_d_step):
-                logs["train/g_loss"] = self._generator_step(g_opt, real, slot=1 + step)
+        if (self.iteration + 1) % hp.d_steps_per_g_step == 0:
+            for g_step in range(hp.g_steps_per_d_step):
+                logs["train/g_loss"] = self._generator_step(g_opt, real, slot=1 + g_step, logs=logs)
 
         # every rank's batch-norm running statistics -> their mean
         if self.trainer.world_size > 1:
             average_over_ranks(batch_norm_statistics([self.generator, self.discriminator]))
+        for scheduler in self._schedulers():
+            scheduler.step()  # lr for the next iteration
         self.log_dict(logs)  # tensors: the loggers read them on the host at logging intervals only
         if self.iteration % self.trainer.log_every_n_steps == 0:
             # the progress bar shows host numbers refreshed at the same intervals (one transfer);
@@ -253,28 +321,44 @@ class GAN(L.LightningModule):
             self.progress = dict(zip(("d_loss", "D(x)", "D(G(z))"), values, strict=True))
         self.iteration += 1
 
-    def _generator_step(self, g_opt: Any, real: torch.Tensor, slot: int) -> torch.Tensor:
-        hp = self.hparams
+    def _generator_step(self, g_opt: Any, real: torch.Tensor, slot: int, logs: dict[str, torch.Tensor]) -> torch.Tensor:
         with self.toggled_optimizer(g_opt):  # D's parameters need no gradients here
             # through G's DDP wrapper (its gradients are averaged); D unwrapped and frozen
             fake = self._replicas.get("g", self.generator)(self.training_latents(real.shape[0], slot))
-            fake_logits, fake_features = self.discriminator(fake)
-            g_loss = hp.adversarial_weight * generator_loss(fake_logits)
-            if hp.feature_matching_weight > 0:
-                with torch.no_grad():
-                    _, real_features = self.discriminator(real)
-                g_loss = g_loss + hp.feature_matching_weight * feature_matching_loss(real_features, fake_features)
-            if hp.historical_averaging_weight > 0:
-                g_loss = g_loss + hp.historical_averaging_weight * self.g_average.penalty(self.generator)
+
+            def g_scores(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                return self.discriminator(self.augment(images))
+
+            fake_logits, fake_features = g_scores(fake)
+            g_loss = self.hparams.adversarial_weight * self.objective.generator_loss(fake_logits)
+            step = Step(self.generator, real, fake, fake_features, g_scores, self.iteration)
+            g_loss = g_loss + self._penalties(self.g_regularizers, step, "g", logs)
             g_opt.zero_grad(set_to_none=True)
             self.manual_backward(g_loss)
             self._clip(g_opt)
             g_opt.step()
-        if hp.historical_averaging_weight > 0:
-            self.g_average.update(self.generator)
-        if hp.ema_decay is not None:
+        for regularizer in self.g_regularizers:
+            regularizer.after_step(self.generator)
+        if self.hparams.ema_decay is not None:
             self._update_ema_weights()
         return g_loss.detach()
+
+    @staticmethod
+    def _penalties(regularizers: nn.ModuleList, step: Step, player: str, logs: dict[str, torch.Tensor]) -> Any:
+        """The sum of the player's penalties that apply at this step (0 when none); logs each."""
+        total: Any = 0.0
+        for regularizer in regularizers:
+            penalty = regularizer.penalty(step)
+            if penalty is not None:
+                logs[f"train/{player}_{regularizer.name}"] = penalty.detach()
+                total = total + penalty
+        return total
+
+    def _schedulers(self) -> list[Any]:
+        if self.hparams.lr_decay == "none":
+            return []
+        schedulers = self.lr_schedulers()
+        return schedulers if isinstance(schedulers, list) else [schedulers]
 
     @torch.no_grad()
     def _update_ema_weights(self) -> None:
@@ -331,7 +415,7 @@ class GAN(L.LightningModule):
 
     def sample_latents(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draws z ~ N(0, I): (count, latent_dim) on the module's device."""
-        return torch.randn(count, self.hparams.latent_dim, device=self.device, generator=generator)
+        return torch.randn(count, self.latent_dim, device=self.device, generator=generator)
 
     def training_latents(self, count: int, slot: int) -> torch.Tensor:
         """This rank's ``count`` latents of the global batch for this iteration and use (slot).
@@ -345,7 +429,7 @@ class GAN(L.LightningModule):
             self._latent_rng = torch.Generator(device=self.device)
         key = np.random.SeedSequence([self.hparams.seed, self.iteration, slot]).generate_state(1, np.uint64)[0]
         self._latent_rng.manual_seed(int(key))
-        latents = torch.randn(world * count, self.hparams.latent_dim, device=self.device, generator=self._latent_rng)
+        latents = torch.randn(world * count, self.latent_dim, device=self.device, generator=self._latent_rng)
         return latents[rank * count : (rank + 1) * count]
 
     @torch.no_grad()
@@ -382,20 +466,20 @@ class GAN(L.LightningModule):
         fake = self.generator(self.sample_latents(real.shape[0], seeded))
         real_logits, _ = self.discriminator(real)
         fake_logits, _ = self.discriminator(fake)
-        ones, zeros = torch.ones_like(real_logits), torch.zeros_like(fake_logits)
+        objective = self.objective  # in eval mode here: no label smoothing
         metrics = {
-            f"{prefix}/d_loss": discriminator_loss(real_logits, fake_logits, ones, zeros),
-            f"{prefix}/g_loss": generator_loss(fake_logits),
-            f"{prefix}/d_real": torch.sigmoid(real_logits).mean(),
-            f"{prefix}/d_fake": torch.sigmoid(fake_logits).mean(),
-            f"{prefix}/d_accuracy": discriminator_accuracy(real_logits, fake_logits),
+            f"{prefix}/d_loss": objective.discriminator_loss(real_logits, fake_logits),
+            f"{prefix}/g_loss": objective.generator_loss(fake_logits),
+            f"{prefix}/d_real": objective.probability(real_logits).mean(),
+            f"{prefix}/d_fake": objective.probability(fake_logits).mean(),
+            f"{prefix}/d_accuracy": objectives.accuracy(real_logits, fake_logits, objective.threshold),
         }
         self.log_dict(metrics, on_epoch=True, batch_size=real.shape[0], sync_dist=True)
 
     def predict_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
         """Turns sample indices into images; index i always gives the same face for a checkpoint."""
         latents = torch.stack(
-            [torch.randn(self.hparams.latent_dim, generator=torch.Generator().manual_seed(int(i))) for i in batch]
+            [torch.randn(self.latent_dim, generator=torch.Generator().manual_seed(int(i))) for i in batch]
         )
         images = self.generate(latents)
         return {"indices": batch.cpu(), "images": to_uint8(images).cpu()}
@@ -404,9 +488,9 @@ class GAN(L.LightningModule):
         if self.device.type == "cpu" and any(isinstance(m, nn.SyncBatchNorm) for m in self.modules()):
             raise FacesError(
                 "trainer.sync_batchnorm needs GPUs (torch's SyncBatchNorm does not run on CPU): "
-                "on CPU set it to false, or use model.g_norm/d_norm virtual or none"
+                "on CPU set it to false, or give the networks norm: virtual or none"
             )
-        if self.discriminator.uses_virtual_batch_norm and self.discriminator.reference is None:
+        if uses_virtual_batch_norm(self.discriminator) and self.discriminator.reference is None:
             self.discriminator.set_reference(self._reference_images())
 
     def _reference_images(self) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from lightning_faces.checkpoint import load_checkpoint
+from lightning_faces.checkpoint import gan_settings, generator_image_size, load_checkpoint
 from lightning_faces.data import CelebA, ImageFolder, to_uint8
 from lightning_faces.errors import FacesError
 from lightning_faces.metrics import (
@@ -102,7 +102,7 @@ def compute_fid(args: argparse.Namespace) -> float:
     weights = check_inception_weights(args.weights, option="--weights")
     device = torch.device(args.device)
     checkpoints = [s for s in (args.source_a, args.source_b) if _is_checkpoint(s)]
-    image_size = args.image_size or (_checkpoint_image_size(checkpoints[0]) if checkpoints else 64)
+    image_size = args.image_size or (_checkpoint_image_size(checkpoints[0]) if checkpoints else None) or 64
     fid = make_fid(weights, resize=args.resize).to(device)
     counts = []
     for source, real in ((args.source_a, True), (args.source_b, False)):
@@ -135,20 +135,15 @@ def _is_checkpoint(source: str) -> bool:
     return Path(source).is_file() and Path(source).suffix in (".ckpt", ".pt", ".pth")
 
 
-def _checkpoint_image_size(path: str) -> int:
-    return int(load_checkpoint(path)["hyper_parameters"]["image_size"])
+def _checkpoint_image_size(path: str) -> int | None:
+    return generator_image_size(gan_settings(load_checkpoint(path), path))
 
 
 def load_gan(path: str, device: torch.device):
     """The GAN of a checkpoint, read with the safe loader (one line for a damaged or unsafe file)."""
     from lightning_faces.module import GAN
 
-    checkpoint = load_checkpoint(path, map_location=device)
-    # LightningCLI adds its own entries (``_instantiator``): not GAN arguments
-    settings = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
-    model = GAN(**settings)
-    model.on_load_checkpoint(checkpoint)
-    model.load_state_dict(checkpoint["state_dict"])
+    model = GAN.from_checkpoint(path, map_location=device)
     return model.to(device).eval()
 
 
@@ -156,8 +151,8 @@ def _batches(source: str, image_size: int, args: argparse.Namespace, device: tor
     """Yields uint8 (B, 3, S, S) batches from a folder, a CelebA folder or a checkpoint."""
     if _is_checkpoint(source):
         model = load_gan(source, device)
-        if model.hparams.image_size != image_size:
-            raise FacesError(f"{source} generates {model.hparams.image_size}px images, not --image-size {image_size}")
+        if model.image_size != image_size:
+            raise FacesError(f"{source} generates {model.image_size}px images, not --image-size {image_size}")
         seeded = torch.Generator(device=device).manual_seed(0)
         for start in range(0, args.num_samples, args.batch_size):
             count = min(args.batch_size, args.num_samples - start)

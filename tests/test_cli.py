@@ -8,7 +8,7 @@ CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 
 def test_there_are_configs_to_check():
-    assert {"dcgan.yaml", "quickstart.yaml"} <= {c.name for c in CONFIGS}
+    assert {"dcgan.yaml", "quickstart.yaml", "sngan.yaml"} <= {c.name for c in CONFIGS}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
@@ -99,3 +99,29 @@ def test_fit_then_resume_continues_where_the_checkpoint_left_off(tmp_path, fake_
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     generated = sorted(p.name for p in runs.glob("dcgan/version_*/generated/*.png"))
     assert generated == [f"{i:06d}.png" for i in range(5)]
+
+
+def test_sngan_trains_with_n_dis_and_linear_decay_and_r1_and_diffaugment_switch_on_from_yaml(tmp_path, fake_celeba):
+    runs = tmp_path / "runs"
+    extras = tmp_path / "extras.yaml"  # an overlay, as a user would write one
+    extras.write_text(
+        "model:\n"
+        "  d_regularizers:\n"
+        "    - class_path: lightning_faces.regularizers.R1\n"
+        "      init_args: {gamma: 1.0, every: 2}\n"
+        "  augment:\n"
+        "    class_path: lightning_faces.augment.DiffAugment\n"
+    )
+    args = [*celeba_args(fake_celeba, runs, config="sngan.yaml"), "--config", str(extras)]
+    result = run_cli(["fit", *args, "--trainer.max_steps", "6", "--trainer.log_every_n_steps", "1"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = runs / "sngan" / "version_0"
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    d_state, g_state = saved["optimizer_states"]
+    assert {int(s["step"]) for s in d_state["state"].values()} == {6}  # D every iteration
+    assert {int(s["step"]) for s in g_state["state"].values()} == {1}  # G at the 5th only (n_dis 5)
+    assert [group["lr"] for group in d_state["param_groups"]] == [0.0]  # linear decay reaches 0 at max_steps
+    assert saved["hyper_parameters"]["d_regularizers"][0]["class_path"] == "lightning_faces.regularizers.R1"
+    assert any("parametrizations.weight.original" in key for key in saved["state_dict"])  # spectral norm
+    metrics = (run / "metrics.csv").read_text()
+    assert "train/d_r1" in metrics.splitlines()[0]

@@ -14,17 +14,18 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lightning_faces.distributed import GANDDPStrategy, use_gan_ddp
-from lightning_faces.module import GAN
-from tests.conftest import celeba_args, flags, run_cli
+from tests.conftest import celeba_args, flags, run_cli, tiny_gan
 
 pytestmark = pytest.mark.timeout(600)  # a collective that never matches hangs: fail instead
 
 
-def fit(tmp: Path, data: Path, name: str, devices: int, batch_size: int, extra: list[str]) -> dict[int, dict]:
+def fit(
+    tmp: Path, data: Path, name: str, devices: int, batch_size: int, extra: list[str], config: str = "dcgan.yaml"
+) -> dict[int, dict]:
     """Trains 6 iterations on ``devices`` CPU processes; returns each rank's final state."""
     args = [
         "fit",
-        *celeba_args(data, tmp / name, batch_size=batch_size),
+        *celeba_args(data, tmp / name, batch_size=batch_size, config=config),
         *flags({"--trainer.devices": devices, "--trainer.max_steps": 6, "--data.flip": "false"}),
         *flags({"--data.val_split": "null", "--trainer.log_every_n_steps": 1}),
         "--trainer.callbacks+=tests.probes.DumpState",
@@ -54,14 +55,19 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefi
 def test_ranks_hold_identical_networks_with_every_trick_on(tmp_path, fake_celeba):
     # batch norm in G and D (D's two forward passes before one backward), EMA, historical
     # averaging, feature matching, D skipping (a decision the ranks must take together)
-    tricks = {
-        "--model.ema_decay": 0.9,
-        "--model.historical_averaging_weight": 0.1,
-        "--model.feature_matching_weight": 1.0,
-        "--model.d_skip_accuracy": 0.6,
-        "--model.g_steps_per_d_step": 2,
-    }
-    states = fit(tmp_path, fake_celeba, "ddp", devices=2, batch_size=4, extra=flags(tricks))
+    tricks = tmp_path / "tricks.yaml"
+    tricks.write_text(
+        "model:\n"
+        "  ema_decay: 0.9\n"
+        "  d_skip_accuracy: 0.6\n"
+        "  g_steps_per_d_step: 2\n"
+        "  d_regularizers:\n"
+        "    - {class_path: lightning_faces.regularizers.HistoricalAveraging, init_args: {weight: 0.1}}\n"
+        "  g_regularizers:\n"
+        "    - {class_path: lightning_faces.regularizers.HistoricalAveraging, init_args: {weight: 0.1}}\n"
+        "    - {class_path: lightning_faces.regularizers.FeatureMatching, init_args: {weight: 1.0}}\n"
+    )
+    states = fit(tmp_path, fake_celeba, "ddp", devices=2, batch_size=4, extra=["--config", str(tricks)])
     rank0, rank1 = states[0], states[1]
     assert rank0["world_size"] == 2
     assert rank0["iteration"] == rank1["iteration"] == rank0["global_step"] == 6  # iterations, not optimizer steps
@@ -80,6 +86,31 @@ def test_ranks_hold_identical_networks_with_every_trick_on(tmp_path, fake_celeba
     )
 
 
+def test_ranks_hold_identical_spectral_norm_vectors_with_r1_and_diffaugment(tmp_path, fake_celeba):
+    # SNGAN: each forward of D in training mode runs a power iteration that updates the
+    # spectral-norm vectors u and v (buffers, not averaged by DDP). They depend on D's weights
+    # only, which DDP keeps equal, so each rank's own updates keep them equal, as long as
+    # every rank runs D the same number of times. R1 (lazy, a double backward through D's DDP
+    # wrapper) and DiffAugment (random per rank) must not break that.
+    extras = tmp_path / "sngan-extras.yaml"
+    extras.write_text(
+        "model:\n"
+        "  d_steps_per_g_step: 2\n"
+        "  ema_decay: 0.9\n"
+        "  d_regularizers: [{class_path: lightning_faces.regularizers.R1, init_args: {gamma: 1.0, every: 2}}]\n"
+        "  augment: {class_path: lightning_faces.augment.DiffAugment}\n"
+    )
+    states = fit(
+        tmp_path, fake_celeba, "sn", devices=2, batch_size=4, extra=["--config", str(extras)], config="sngan.yaml"
+    )
+    rank0, rank1 = states[0]["state_dict"], states[1]["state_dict"]
+    vectors = [name for name in rank0 if name.endswith(("._u", "._v"))]
+    assert len(vectors) > 10  # every conv and the linear head of the ResNet D
+    for name, value in rank0.items():
+        assert torch.equal(value, rank1[name]), f"{name} differs between ranks"
+    assert states[0]["iteration"] == 6
+
+
 def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(tmp_path, fake_celeba):
     """16 training images: 1 process x batch 16 and 2 processes x batch 8 see all 16 in every
     iteration (one batch per epoch), so they take the same gradient steps on the same latents.
@@ -89,11 +120,10 @@ def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(tmp_path, fake_c
     """
     shared = flags(
         {
-            "--model.g_norm": "virtual",
-            "--model.d_norm": "virtual",
+            "--model.generator.init_args.norm": "virtual",
+            "--model.discriminator.init_args.norm": "virtual",
             "--model.vbn_reference_size": 8,
             "--model.ema_decay": 0.9,
-            "--model.historical_averaging_weight": 0.1,
             "--fid.every_n_steps": 6,
             "--fid.num_samples": 12,
             "--fid.batch_size": 4,
@@ -141,7 +171,7 @@ def fake_trainer(world_size: int, global_rank: int) -> SimpleNamespace:
 
 
 def test_each_rank_draws_its_own_slice_of_the_global_latent_batch():
-    module = GAN(latent_dim=8, image_size=16, g_width=4, d_width=4, num_fixed_samples=4)
+    module = tiny_gan()
     module._trainer = fake_trainer(1, 0)
     whole = module.training_latents(6, slot=0)
     slices = []
@@ -179,12 +209,11 @@ def test_strategies_other_than_ddp_stop_with_one_line(name):
     from lightning.pytorch.strategies import FSDPStrategy
 
     from lightning_faces.errors import FacesError
-    from lightning_faces.module import GAN
 
     # DeepSpeed's strategy subclasses DDPStrategy (FSDP's does not): both must be refused.
     # Lightning's DeepSpeedStrategy needs the deepspeed package to construct: a stand-in
     strategy = type(name, (DDPStrategy,), {}) if name == "DeepSpeedStrategy" else FSDPStrategy
-    model = GAN(latent_dim=8, g_width=4, d_width=4, image_size=16)
+    model = tiny_gan()
     model._trainer = SimpleNamespace(strategy=strategy.__new__(strategy))
     with pytest.raises(FacesError, match=f"strategy {name} is not supported: use ddp"):
         model.setup("fit")

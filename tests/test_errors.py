@@ -16,6 +16,8 @@ import pytest
 import torch
 
 from lightning_faces.cli import main
+from lightning_faces.errors import FacesError
+from lightning_faces.module import GAN
 from tests.conftest import REPO, celeba_args, face_like_image, run_cli
 
 
@@ -119,10 +121,35 @@ def test_a_checkpoint_of_another_image_size_names_the_setting(tmp_path, capsys, 
 
 def test_a_checkpoint_of_other_widths_says_it_overrides_them(tmp_path, trained):
     data, runs, last, _ = trained
-    args = ["fit", *celeba_args(data, tmp_path / "runs"), "--model.g_width", "8", "--trainer.max_steps", "3"]
+    width = "--model.generator.init_args.width"
+    args = ["fit", *celeba_args(data, tmp_path / "runs"), width, "8", "--trainer.max_steps", "3"]
     result = run_cli([*args, "--ckpt_path", str(last)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "sets model.g_width 4 (the config says 8): using the checkpoint's" in result.stderr
+    assert "sets model.generator.init_args.width 4 (the config says 8): using the checkpoint's" in result.stderr
+
+
+def test_a_checkpoint_from_before_injected_networks_is_refused_in_one_line(tmp_path, capsys, trained):
+    data, runs, last, _ = trained
+    old = tmp_path / "old.ckpt"
+    saved = torch.load(last, weights_only=True)
+    saved["hyper_parameters"] = {"latent_dim": 8, "image_size": 16, "g_width": 4, "d_width": 4}  # 0.1's settings
+    torch.save(saved, old)
+    line = one_line_error(capsys, ["fit", *celeba_args(data, tmp_path / "runs"), "--ckpt_path", str(old)])
+    assert str(old) in line and "written by lightning_faces 0.1" in line
+    with pytest.raises(FacesError, match="written by lightning_faces 0.1"):
+        GAN.from_checkpoint(old)
+
+
+def test_a_checkpoint_naming_a_class_from_elsewhere_is_not_built(tmp_path, trained):
+    data, runs, last, _ = trained
+    assert GAN.from_checkpoint(last).iteration == 2  # what the CLI wrote is rebuilt
+    hostile = tmp_path / "hostile.ckpt"
+    saved = torch.load(last, weights_only=True)
+    saved["hyper_parameters"]["generator"] = {"class_path": "os.system", "init_args": {"command": "touch CODE_RAN"}}
+    torch.save(saved, hostile)
+    with pytest.raises(FacesError, match="names os.system, which is not a lightning_faces network"):
+        GAN.from_checkpoint(hostile)
+    assert not (tmp_path / "CODE_RAN").exists()
 
 
 def test_top_level_help_lists_every_command_under_the_real_program_name():

@@ -7,17 +7,17 @@ import pytest
 import torch
 from PIL import Image
 
-import lightning_faces.module as module_under_test
+from lightning_faces import objectives, regularizers
 from lightning_faces.callbacks import ProgressBar, SampleGrid
 from lightning_faces.checkpoint import SafeCheckpointIO, load_checkpoint
 from lightning_faces.errors import FacesError
 from lightning_faces.module import GAN
+from lightning_faces.objectives import NonSaturating
+from lightning_faces.regularizers import FeatureMatching, HistoricalAveraging
 from lightning_faces.synthetic import SyntheticFacesDataModule
+from tests.conftest import tiny_gan
 
-
-def make_model(**kwargs) -> GAN:
-    defaults = dict(latent_dim=8, image_size=16, g_width=4, d_width=4, num_fixed_samples=4)
-    return GAN(**{**defaults, **kwargs})
+make_model = tiny_gan
 
 
 def train(tmp_path, model: GAN, steps: int, callbacks=(), **trainer_kwargs) -> L.Trainer:
@@ -136,14 +136,14 @@ def test_the_step_and_the_progress_bar_read_the_device_only_at_logging_intervals
 @pytest.mark.parametrize(("smoothing", "smooth_fake"), [("none", True), ("one_sided", True), ("random", False)])
 def test_label_smoothing_reaches_ds_loss(tmp_path, monkeypatch, smoothing, smooth_fake):
     seen = []
-    original = module_under_test.discriminator_loss
+    original = objectives.binary_cross_entropy_loss
 
     def recording(real_logits, fake_logits, real_targets, fake_targets):
         seen.append((real_targets.clone(), fake_targets.clone()))
         return original(real_logits, fake_logits, real_targets, fake_targets)
 
-    monkeypatch.setattr(module_under_test, "discriminator_loss", recording)
-    train(tmp_path, make_model(label_smoothing=smoothing, smooth_fake_labels=smooth_fake), steps=2)
+    monkeypatch.setattr(objectives, "binary_cross_entropy_loss", recording)
+    train(tmp_path, make_model(objective=NonSaturating(smoothing, smooth_fake)), steps=2)
     real, fake = seen[0]
     if smoothing == "none":
         assert (real == 1).all() and (fake == 0).all()
@@ -155,37 +155,39 @@ def test_label_smoothing_reaches_ds_loss(tmp_path, monkeypatch, smoothing, smoot
 
 def test_feature_matching_alone_trains_g_on_ds_features(tmp_path, monkeypatch):
     calls = []
-    original = module_under_test.feature_matching_loss
+    original = regularizers.feature_matching_loss
 
     def recording(real_features, fake_features):
         loss = original(real_features, fake_features)
         calls.append((real_features.shape, loss.detach()))
         return loss
 
-    monkeypatch.setattr(module_under_test, "feature_matching_loss", recording)
-    model = make_model(adversarial_weight=0.0, feature_matching_weight=2.0)
+    monkeypatch.setattr(regularizers, "feature_matching_loss", recording)
+    model = make_model(adversarial_weight=0.0, g_regularizers=[FeatureMatching(2.0)])
     g_before = snapshot(model.generator)
     trainer = train(tmp_path, model, steps=2)
     assert len(calls) == 2 and calls[0][0] == (8, 8, 4, 4)  # D's last block: 2 x width at 4x4
     assert trainer.logged_metrics["train/g_loss"] == pytest.approx(2.0 * calls[-1][1].item(), rel=1e-5)
     assert not torch.equal(snapshot(model.generator), g_before)
     with pytest.raises(FacesError, match="G has no loss"):
-        make_model(adversarial_weight=0.0, feature_matching_weight=0.0)
+        make_model(adversarial_weight=0.0)
 
 
 def test_historical_averaging_holds_players_near_their_past(tmp_path):
     def drift(weight: float) -> float:
         torch.manual_seed(0)
-        model = make_model(historical_averaging_weight=weight)
+        model = make_model(d_regularizers=[HistoricalAveraging(weight)], g_regularizers=[HistoricalAveraging(weight)])
         start = snapshot(model.discriminator)
         train(tmp_path, model, steps=8)
         return (snapshot(model.discriminator) - start).norm().item()
 
     assert drift(1000.0) < 0.5 * drift(0.0)
-    model = make_model(historical_averaging_weight=0.1)
-    train(tmp_path, model, steps=4)
-    assert int(model.g_average.count) == 5 and int(model.d_average.count) == 5  # start + 4 updates
-    assert model.g_average.penalty(model.generator).item() > 0
+    model = make_model(d_regularizers=[HistoricalAveraging(0.1)], g_regularizers=[HistoricalAveraging(0.1)])
+    trainer = train(tmp_path, model, steps=4)
+    g_average, d_average = model.g_regularizers[0].average, model.d_regularizers[0].average
+    assert int(g_average.count) == 5 and int(d_average.count) == 5  # start + 4 updates
+    assert g_average.penalty(model.generator).item() > 0
+    assert trainer.logged_metrics["train/g_historical_averaging"] > 0
 
 
 def test_gradient_clipping_bounds_each_update(tmp_path):
@@ -209,7 +211,8 @@ def test_virtual_batch_norm_trains_and_round_trips_through_a_checkpoint(tmp_path
     assert model.discriminator.reference.shape == (6, 3, 16, 16)
     path = tmp_path / "vbn.ckpt"
     trainer.save_checkpoint(path)
-    loaded = GAN.load_from_checkpoint(path, weights_only=True)
+    loaded = make_model(g_norm="virtual", d_norm="virtual", vbn_reference_size=6)
+    loaded.restore(load_checkpoint(path))
     z = torch.randn(3, 8)
     torch.testing.assert_close(loaded.generate(z), model.generate(z))
     torch.testing.assert_close(loaded.discriminator.reference, model.discriminator.reference)
@@ -279,7 +282,8 @@ def test_generator_ema_averages_g_and_is_what_samples_use(tmp_path):
     assert not torch.allclose(model.generate(z), model.generator.eval()(z))
     path = tmp_path / "ema.ckpt"
     model.trainer.save_checkpoint(path)
-    loaded = GAN.load_from_checkpoint(path, weights_only=True)
+    loaded = make_model(ema_decay=0.5)
+    loaded.restore(load_checkpoint(path))
     torch.testing.assert_close(snapshot(loaded.generator_ema), snapshot(model.generator_ema))
     with pytest.raises(FacesError, match="ema_decay must be between 0 and 1"):
         make_model(ema_decay=1.5)
@@ -324,7 +328,7 @@ def test_compile_runs_g_and_d_through_torch_compile(tmp_path, monkeypatch):
     model = make_model(compile=True)
     keys = set(model.state_dict())
     trainer = train(tmp_path, model, steps=2)
-    assert trainer.global_step == 2 and compiled == ["Generator", "Discriminator"]
+    assert trainer.global_step == 2 and compiled == ["DCGANGenerator", "DCGANDiscriminator"]
     assert set(model.state_dict()) == keys  # checkpoints unchanged by compiling
 
 

@@ -3,7 +3,9 @@ import torch
 from torch import nn
 
 from lightning_faces.errors import FacesError
-from lightning_faces.nets import Discriminator, Generator
+from lightning_faces.nets import DCGANDiscriminator as Discriminator
+from lightning_faces.nets import DCGANGenerator as Generator
+from lightning_faces.nets import ResNetDiscriminator, ResNetGenerator
 
 
 @pytest.mark.parametrize("image_size", [32, 64, 128])
@@ -85,3 +87,35 @@ def test_virtual_batch_norm_without_reference_says_so():
     d = Discriminator(width=4, image_size=16, norm="virtual")
     with pytest.raises(RuntimeError, match="reference batch"):
         d(torch.randn(2, 3, 16, 16))
+
+
+@pytest.mark.parametrize("image_size", [32, 64, 128])
+def test_resnet_networks_keep_the_contract_at_every_size(image_size):
+    g, d = ResNetGenerator(latent_dim=16, width=4, image_size=image_size), ResNetDiscriminator(4, image_size)
+    images = g(torch.randn(3, 16))
+    assert images.shape == (3, 3, image_size, image_size) and images.abs().max() <= 1
+    logits, features = d(images)
+    assert logits.shape == (3,) and features.shape[0] == 3 and features.dim() == 2  # pooled features
+    assert g.latent_dim == 16 and g.image_size == image_size
+
+
+def test_sngan_64_has_mimicrys_generator_layout_and_spectral_norm_in_every_d_layer():
+    g, d = ResNetGenerator(128, 64, 64), ResNetDiscriminator(64, 64)
+    # Mimicry's SNGAN-64 G: 4x4 at 1024 channels, blocks 1024 -> 512 -> 256 -> 128 -> 64
+    assert g.project.out_features == 16 * 1024
+    assert [b.conv1.out_channels for b in g.blocks] == [512, 256, 128, 64]
+    weighted = [m for m in d.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert weighted and all(hasattr(m, "parametrizations") and "weight" in m.parametrizations for m in weighted)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in d.modules())  # spectral norm instead of BN in D
+
+
+def test_spectral_norm_keeps_each_d_layer_near_unit_spectral_norm():
+    torch.manual_seed(0)
+    d = ResNetDiscriminator(8, 32)
+    for _ in range(30):  # power iteration converges over forward passes in training mode
+        d(torch.randn(2, 3, 32, 32))
+    d.eval()
+    for m in d.modules():
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1):
+            sigma = torch.linalg.matrix_norm(m.weight.flatten(1), ord=2).item()
+            assert sigma == pytest.approx(1.0, rel=0.05)

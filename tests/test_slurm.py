@@ -77,7 +77,15 @@ def write_config(path: Path, name: str, max_steps: int, callbacks: list[dict] = 
                 *callbacks,
             ],
         },
-        "model": {"latent_dim": 8, "g_width": 4, "d_width": 4, "num_fixed_samples": 4, "ema_decay": 0.9},
+        "model": {
+            "generator": {
+                "class_path": "lightning_faces.nets.DCGANGenerator",
+                "init_args": {"latent_dim": 8, "width": 4},
+            },
+            "discriminator": {"class_path": "lightning_faces.nets.DCGANDiscriminator", "init_args": {"width": 4}},
+            "num_fixed_samples": 4,
+            "ema_decay": 0.9,
+        },
         "fid": {"every_n_epochs": 0, "every_n_steps": 0},
         "data": {
             "class_path": "lightning_faces.data.CelebADataModule",
@@ -230,15 +238,15 @@ def test_warning_signal_saves_requeues_and_the_job_resumes_where_it_stopped(clus
 
 def test_job_array_runs_every_task_with_its_sweep_value(cluster, workspace):
     config = write_config(workspace / "sweep.yaml", "sweep", 4)
-    env = {**job_env(), "SWEEP_ARG": "--model.feature_matching_weight", "SWEEP_VALUES": "0 0.5"}
+    env = {**job_env(), "SWEEP_ARG": "--model.ema_decay", "SWEEP_VALUES": "0.5 0.99"}
     job = cluster.submit(
         REPO / "slurm" / "array.sbatch", [*CPU_MODE, "--array=0-1"], ["--config", str(config)], workspace, env
     )
     records = cluster.wait(job, ("COMPLETED",))
     assert sorted(record["ArrayTaskId"] for record in records) == ["0", "1"]
-    for task, value in (("0", 0.0), ("1", 0.5)):
+    for task, value in (("0", 0.5), ("1", 0.99)):
         log = (workspace / "slurm" / "logs" / f"faces-sweep-{job}_{task}.out").read_text()
-        assert f"array task {task}: --model.feature_matching_weight" in log
+        assert f"array task {task}: --model.ema_decay" in log
         run = workspace / "runs" / "sweep" / f"slurm-{job}_{task}"
-        assert yaml.safe_load((run / "config.yaml").read_text())["model"]["feature_matching_weight"] == value
+        assert yaml.safe_load((run / "config.yaml").read_text())["model"]["ema_decay"] == value
         assert load(run / "checkpoints" / "last.ckpt")["global_step"] == 4

@@ -1,4 +1,4 @@
-"""DCGAN generator and discriminator (Radford et al., 2016) as plain ``nn.Module``s.
+"""DCGAN generator and discriminator (Radford et al., 2016).
 
 Strided (transposed) convolutions only, no pooling and no hidden dense layers; batch norm (or
 virtual batch norm) in the hidden layers, ReLU + tanh in G, LeakyReLU(0.2) in D, weights drawn
@@ -7,71 +7,16 @@ from N(0, 0.02) and batch-norm scales from N(1, 0.02), as the paper prescribes.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
 from torch import nn
 
 from lightning_faces.errors import FacesError
+from lightning_faces.nets.contract import check_image_size
+from lightning_faces.nets.virtual_batch_norm import ReferenceBatchMixin, VirtualBatchNorm2d, uses_virtual_batch_norm
 
 Norm = Literal["batch", "virtual", "none"]
-
-
-def check_image_size(image_size: int) -> int:
-    """Returns log2(image_size); raises FacesError unless it is a power of two >= 16."""
-    depth = int(round(math.log2(image_size))) if image_size > 0 else 0
-    if image_size < 16 or 2**depth != image_size:
-        raise FacesError(
-            f"image_size {image_size} is not supported by the DCGAN networks: "
-            "use a power of two from 16 up (32, 64, 128, ...)"
-        )
-    return depth
-
-
-def _channels(width: int, image_size: int, resolution: int) -> int:
-    # DCGAN doubles the channels each time the resolution halves: 64x64 runs
-    # 4x4:8w -> 8x8:4w -> 16x16:2w -> 32x32:w.
-    return width * image_size // (2 * resolution)
-
-
-class VirtualBatchNorm2d(nn.Module):
-    """Batch norm with statistics from a reference batch fixed at the start of training.
-
-    Salimans et al. (2016), "Improved techniques for training GANs", section 3.4: each example is
-    normalized with the statistics of the reference batch combined with itself (weight 1/(N+1)),
-    so an example's output does not depend on the other examples in its batch.
-
-    The owning network first runs its reference batch with ``collect=True`` (which stores the
-    reference statistics, with gradients), then the real batch.
-    """
-
-    def __init__(self, channels: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.collect = False  # set by the owning network while it runs the reference batch
-        self.ref_size = 1
-        self._ref_mean: torch.Tensor | None = None
-        self._ref_meansq: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = (0, 2, 3)
-        if self.collect:
-            self._ref_mean = x.mean(dims, keepdim=True)  # (1, C, 1, 1)
-            self._ref_meansq = x.square().mean(dims, keepdim=True)
-            mean, meansq = self._ref_mean, self._ref_meansq
-        else:
-            if self._ref_mean is None or self._ref_meansq is None:
-                raise RuntimeError("VirtualBatchNorm2d has no reference statistics yet")
-            n = 1.0 / (self.ref_size + 1)
-            # per-example statistics mixed with the reference batch's: (B, C, 1, 1)
-            mean = (1 - n) * self._ref_mean + n * x.mean((2, 3), keepdim=True)
-            meansq = (1 - n) * self._ref_meansq + n * x.square().mean((2, 3), keepdim=True)
-        var = (meansq - mean.square()).clamp_min(0)
-        x_hat = (x - mean) * torch.rsqrt(var + self.eps)
-        return x_hat * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
 
 def _norm_layer(kind: Norm, channels: int) -> nn.Module:
@@ -82,39 +27,13 @@ def _norm_layer(kind: Norm, channels: int) -> nn.Module:
     return nn.Identity()
 
 
-class _ReferenceBatchMixin:
-    """Shared by G and D: a fixed reference batch for virtual batch norm, kept as a buffer."""
-
-    reference: torch.Tensor | None
-
-    def _vbn_layers(self) -> list[VirtualBatchNorm2d]:
-        return [m for m in self.modules() if isinstance(m, VirtualBatchNorm2d)]  # type: ignore[attr-defined]
-
-    @property
-    def uses_virtual_batch_norm(self) -> bool:
-        return bool(self._vbn_layers())
-
-    def set_reference(self, batch: torch.Tensor) -> None:
-        """Fixes the reference batch (latents for G, real images for D) for virtual batch norm."""
-        self.reference = batch.detach().clone()
-        for layer in self._vbn_layers():
-            layer.ref_size = batch.shape[0]
-
-    def _collect_reference_statistics(self) -> None:
-        if self.reference is None:
-            raise RuntimeError("virtual batch norm needs a reference batch: call set_reference() before forward")
-        layers = self._vbn_layers()
-        for layer in layers:
-            layer.collect = True
-            layer.ref_size = self.reference.shape[0]
-        try:
-            self._body(self.reference)  # type: ignore[attr-defined]
-        finally:
-            for layer in layers:
-                layer.collect = False
+def _channels(width: int, image_size: int, resolution: int) -> int:
+    # DCGAN doubles the channels each time the resolution halves: 64x64 runs
+    # 4x4:8w -> 8x8:4w -> 16x16:2w -> 32x32:w.
+    return width * image_size // (2 * resolution)
 
 
-class Generator(_ReferenceBatchMixin, nn.Module):
+class DCGANGenerator(ReferenceBatchMixin, nn.Module):
     """Maps latents (B, latent_dim) to images (B, channels, image_size, image_size) in [-1, 1]."""
 
     def __init__(
@@ -126,8 +45,8 @@ class Generator(_ReferenceBatchMixin, nn.Module):
         norm: Norm = "batch",
     ) -> None:
         super().__init__()
-        depth = check_image_size(image_size)
-        self.latent_dim = latent_dim
+        depth = check_image_size(image_size, "the DCGAN networks")
+        self.latent_dim, self.image_size = latent_dim, image_size
         first = _channels(width, image_size, 4)
         layers: list[nn.Module] = [
             # (B, latent_dim, 1, 1) -> (B, first, 4, 4): the "project and reshape" step as a conv
@@ -155,13 +74,13 @@ class Generator(_ReferenceBatchMixin, nn.Module):
     def _body(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z.view(z.shape[0], -1, 1, 1))
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if self.uses_virtual_batch_norm:
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if uses_virtual_batch_norm(self):
             self._collect_reference_statistics()
         return self._body(z)
 
 
-class Discriminator(_ReferenceBatchMixin, nn.Module):
+class DCGANDiscriminator(ReferenceBatchMixin, nn.Module):
     """Maps images (B, channels, S, S) to real/fake logits (B,) and intermediate features.
 
     ``forward`` returns ``(logits, features)``: features are the activations of the block
@@ -177,7 +96,7 @@ class Discriminator(_ReferenceBatchMixin, nn.Module):
         feature_layer: int = -1,
     ) -> None:
         super().__init__()
-        depth = check_image_size(image_size)
+        depth = check_image_size(image_size, "the DCGAN networks")
         blocks: list[nn.Module] = [
             # no normalization on D's input layer (Radford et al.)
             nn.Sequential(nn.Conv2d(channels, width, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True))
@@ -213,8 +132,8 @@ class Discriminator(_ReferenceBatchMixin, nn.Module):
                 features = x
         return self.head(x).flatten(), features
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.uses_virtual_batch_norm:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if uses_virtual_batch_norm(self):
             self._collect_reference_statistics()
         return self._body(x)
 

@@ -1,0 +1,6 @@
+"""Generators and discriminators: plain ``nn.Module``s, one family per file (see ``contract``)."""
+
+from lightning_faces.nets.dcgan import DCGANDiscriminator, DCGANGenerator
+from lightning_faces.nets.resnet import ResNetDiscriminator, ResNetGenerator
+
+__all__ = ["DCGANDiscriminator", "DCGANGenerator", "ResNetDiscriminator", "ResNetGenerator"]

@@ -1,0 +1,167 @@
+"""What D and G minimize: small classes over pure loss functions, chosen in YAML by ``class_path``.
+
+Logits are D's raw outputs (B,). Each objective gives D's loss on a real and a fake batch and G's
+loss on a fake batch; the step adds the regularizers' penalties to these. An objective is an
+``nn.Module`` without parameters so that ``train()``/``eval()`` reach it: label smoothing applies
+in training only.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LabelSmoothing = Literal["none", "one_sided", "random"]
+
+ONE_SIDED_REAL = 0.9  # Salimans et al.: smooth only the real side, 1 -> 0.9
+RANDOM_REAL = (0.8, 1.0)  # "soft labels" of the GAN-hacks list: real ~ U(0.8, 1.0)
+RANDOM_FAKE = (0.0, 0.1)  # and fake ~ U(0.0, 0.1)
+
+
+# -- pure functions --------------------------------------------------------------------------
+
+
+def binary_cross_entropy_loss(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor, real_targets: torch.Tensor, fake_targets: torch.Tensor
+) -> torch.Tensor:
+    """D's binary cross-entropy on a real and a fake batch, averaged over both halves."""
+    # -[t log s(l) + (1 - t) log(1 - s(l))], computed stably from logits
+    real_loss = F.binary_cross_entropy_with_logits(real_logits, real_targets)
+    fake_loss = F.binary_cross_entropy_with_logits(fake_logits, fake_targets)
+    return 0.5 * (real_loss + fake_loss)
+
+
+def non_saturating_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """G's non-saturating loss (Goodfellow et al., 2014): maximize log D(G(z))."""
+    return F.softplus(-fake_logits).mean()  # -log(sigmoid(logits))
+
+
+def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """D's hinge loss (Lim & Ye 2017; SNGAN, BigGAN): E max(0, 1 - D(x)) + E max(0, 1 + D(G(z)))."""
+    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+
+
+def hinge_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """G's hinge-GAN loss: -E D(G(z))."""
+    return -fake_logits.mean()
+
+
+def wasserstein_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """The critic's loss (Arjovsky et al., 2017): E D(G(z)) - E D(x), an estimate of -W1."""
+    return fake_logits.mean() - real_logits.mean()
+
+
+def least_squares_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """LSGAN's D loss (Mao et al., 2017, a=0, b=1): 1/2 E (D(x) - 1)^2 + 1/2 E D(G(z))^2."""
+    return 0.5 * (real_logits - 1.0).square().mean() + 0.5 * fake_logits.square().mean()
+
+
+def least_squares_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """LSGAN's G loss (c=1): 1/2 E (D(G(z)) - 1)^2."""
+    return 0.5 * (fake_logits - 1.0).square().mean()
+
+
+def accuracy(real_logits: torch.Tensor, fake_logits: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+    """Fraction of the real and fake examples D classifies right (score > threshold: "real")."""
+    correct = (real_logits > threshold).float().sum() + (fake_logits <= threshold).float().sum()
+    return correct / (real_logits.numel() + fake_logits.numel())
+
+
+def smoothed_targets(
+    batch_size: int,
+    smoothing: LabelSmoothing,
+    smooth_fake: bool,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (real_targets, fake_targets), each (B,), for D's BCE under a smoothing scheme."""
+    ones = torch.ones(batch_size, device=device)
+    zeros = torch.zeros(batch_size, device=device)
+    if smoothing == "none":
+        return ones, zeros
+    if smoothing == "one_sided":
+        return ones * ONE_SIDED_REAL, zeros
+    real = torch.empty(batch_size, device=device).uniform_(*RANDOM_REAL, generator=generator)
+    fake = torch.empty(batch_size, device=device).uniform_(*RANDOM_FAKE, generator=generator)
+    return real, fake if smooth_fake else zeros
+
+
+# -- objectives ------------------------------------------------------------------------------
+
+
+class Objective(nn.Module):
+    """D's and G's losses. ``threshold`` splits D's scores into "real" and "fake" (accuracy,
+    D skipping); ``probability`` turns scores into the D(x) and D(G(z)) the logs show."""
+
+    threshold = 0.0
+
+    def discriminator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def generator_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def probability(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits)
+
+
+class NonSaturating(Objective):
+    """The original GAN: D's binary cross-entropy, G's non-saturating loss (DCGAN's objective).
+
+    Args:
+        label_smoothing: D's targets in training: ``none`` (1/0), ``one_sided`` (real 0.9) or
+            ``random`` (real ~ U(0.8, 1.0), fake ~ U(0.0, 0.1)).
+        smooth_fake_labels: with ``random``, also soften the fake targets (else they stay 0).
+    """
+
+    def __init__(self, label_smoothing: LabelSmoothing = "none", smooth_fake_labels: bool = True) -> None:
+        super().__init__()
+        self.label_smoothing, self.smooth_fake_labels = label_smoothing, smooth_fake_labels
+
+    def discriminator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        smoothing = self.label_smoothing if self.training else "none"  # evaluation: the plain loss
+        targets = smoothed_targets(real_logits.shape[0], smoothing, self.smooth_fake_labels, real_logits.device)
+        return binary_cross_entropy_loss(real_logits, fake_logits, *targets)
+
+    def generator_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        return non_saturating_loss(fake_logits)
+
+
+class Hinge(Objective):
+    """Hinge loss, SNGAN's and BigGAN's objective."""
+
+    def discriminator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        return hinge_discriminator_loss(real_logits, fake_logits)
+
+    def generator_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        return hinge_generator_loss(fake_logits)
+
+
+class Wasserstein(Objective):
+    """WGAN's critic loss. D must be kept Lipschitz: pair it with ``regularizers.GradientPenalty``
+    (WGAN-GP, Gulrajani et al. 2017) or spectral norm. Scores are not probabilities: D(x) in the
+    logs is sigmoid(score), a squashed view."""
+
+    def discriminator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        return wasserstein_discriminator_loss(real_logits, fake_logits)
+
+    def generator_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        return hinge_generator_loss(fake_logits)  # -E D(G(z)), the same as hinge's G loss
+
+
+class LeastSquares(Objective):
+    """LSGAN: D regresses real to 1 and fake to 0, G pulls its fakes' scores to 1."""
+
+    threshold = 0.5
+
+    def discriminator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        return least_squares_discriminator_loss(real_logits, fake_logits)
+
+    def generator_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        return least_squares_generator_loss(fake_logits)
+
+    def probability(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.clamp(0.0, 1.0)  # D's output is already on the 0..1 scale
