@@ -30,7 +30,7 @@ from torchvision import transforms
 
 from benchmarks.common import memory_mib, sample_data, table, worker_pids, write_json
 from lightning_faces.data import to_float
-from lightning_faces.prepared import PreparedImages
+from lightning_faces.data.prepared import PreparedImages
 
 
 class JpegFolder(Dataset):

@@ -9,10 +9,10 @@ from lightning_faces.data import (
     CelebADataModule,
     ImageFolder,
     ImageFolderDataModule,
-    crop_and_resize,
 )
+from lightning_faces.data.images import crop_and_resize
+from lightning_faces.data.synthetic import SyntheticFacesDataModule, render_faces
 from lightning_faces.errors import FacesError
-from lightning_faces.synthetic import SyntheticFacesDataModule, render_faces
 from tests.conftest import face_like_image, write_celeba
 
 
@@ -198,7 +198,7 @@ def test_loader_workers_default_to_the_cpus_slurm_gave_the_task(monkeypatch, tmp
 def test_images_the_listings_leave_out_are_counted_in_one_line_and_bad_disagreement_is_refused(
     fake_celeba, monkeypatch
 ):
-    import lightning_faces.data as data
+    import lightning_faces.data.celeba as data
 
     folder = fake_celeba / "celeba"
     face_like_image(99, 44, 54).save(folder / "img_align_celeba" / "999999.jpg")  # no attribute row
@@ -213,7 +213,7 @@ def test_images_the_listings_leave_out_are_counted_in_one_line_and_bad_disagreem
 
 
 def test_an_attribute_list_whose_header_count_disagrees_is_refused_or_reported(fake_celeba, monkeypatch):
-    import lightning_faces.data as data
+    import lightning_faces.data.celeba as data
 
     listing = fake_celeba / "celeba" / "list_attr_celeba.txt"
     lines = listing.read_text().splitlines()

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import lightning_faces.metrics as metrics
+from lightning_faces.data import SyntheticFacesDataModule
 from lightning_faces.errors import FacesError
 from lightning_faces.metrics import FID, check_inception_weights, make_fid
-from lightning_faces.synthetic import SyntheticFacesDataModule
 
 
 class TinyFeatures(nn.Module):
@@ -207,7 +207,7 @@ def random_inception(tmp_path_factory) -> str:
 
 
 def test_the_resize_setting_reaches_inception_and_changes_the_score(random_inception):
-    from lightning_faces.data import crop_and_resize
+    from lightning_faces.data.images import crop_and_resize
     from tests.conftest import face_like_image
 
     def faces(offset: int) -> torch.Tensor:  # 64x64 faces: upsampled to 299, where the resizes differ

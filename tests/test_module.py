@@ -10,11 +10,11 @@ from PIL import Image
 from lightning_faces import objectives, regularizers
 from lightning_faces.callbacks import ProgressBar, SampleGrid
 from lightning_faces.checkpoint import SafeCheckpointIO, load_checkpoint
+from lightning_faces.data import SyntheticFacesDataModule
 from lightning_faces.errors import FacesError
 from lightning_faces.module import GAN
 from lightning_faces.objectives import NonSaturating
 from lightning_faces.regularizers import FeatureMatching, HistoricalAveraging
-from lightning_faces.synthetic import SyntheticFacesDataModule
 from tests.conftest import tiny_gan
 
 make_model = tiny_gan

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_faces import prepared as prepared_module
 from lightning_faces.cli import main
 from lightning_faces.data import CelebA, CelebADataModule
-from lightning_faces.prepared import PreparedImages, check, prepared_folder
+from lightning_faces.data import prepared as prepared_module
+from lightning_faces.data.prepared import PreparedImages, check, prepared_folder
 from tests.conftest import REPO
 
 

@@ -68,7 +68,7 @@ class RecordBatches(L.Callback):
 
 def test_a_run_resumed_mid_epoch_trains_on_exactly_the_batches_of_the_uninterrupted_run(tmp_path):
     """32 images at batch 8: 4 iterations an epoch. Stop after 6 (mid-epoch 2), resume to 11."""
-    from lightning_faces.synthetic import SyntheticFacesDataModule
+    from lightning_faces.data import SyntheticFacesDataModule
 
     def data():
         return SyntheticFacesDataModule(num_images=32, num_val_images=0, image_size=16, batch_size=8, flip=True)

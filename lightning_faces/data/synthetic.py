@@ -17,7 +17,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset, TensorDataset
 
-from lightning_faces.data import CELEBA_ATTRIBUTES, FaceDataModule, Split
+from lightning_faces.data.celeba import CELEBA_ATTRIBUTES
+from lightning_faces.data.datamodule import FaceDataModule, Split
 from lightning_faces.errors import FacesError
 
 Color = tuple[int, int, int]

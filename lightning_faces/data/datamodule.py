@@ -1,0 +1,284 @@
+"""The base LightningDataModule of every face source, and the resumable sampler it trains with.
+
+Every dataset yields ``(image, attributes)``: image is uint8 (3, S, S), attributes float (A,) in
+{0, 1} (A = 40 for CelebA, 0 for a plain folder). Images stay uint8 until they reach the device,
+where ``on_after_batch_transfer`` scales them to [-1, 1] and flips them (cheap on any device, and
+it keeps the loader workers light).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from lightning_faces.data.images import to_float
+from lightning_faces.data.prepared import PreparedImages, check, ensure, prepared_folder
+from lightning_faces.data.prepared import collate as prepared_collate
+from lightning_faces.errors import FacesError
+
+Split = Literal["train", "valid", "test", "all"]
+
+
+class EpochSampler(DistributedSampler):
+    """This rank's share of an epoch's random order, drawn from ``(seed, epoch)``; resumable.
+
+    Each epoch is a fresh permutation of the dataset (its first ``samples_per_epoch`` indices
+    when set: a fresh random subset), and rank r takes every W-th index from r. Because any
+    epoch's order can be drawn again, a run resumed mid-epoch (a requeued or interrupted job)
+    skips the indices its checkpoint had already trained on and sees exactly the batches the
+    uninterrupted run would have. A ``DistributedSampler`` so that Lightning keeps it under DDP
+    and calls ``set_epoch`` at each epoch.
+    """
+
+    def __init__(
+        self, dataset: Dataset, num_replicas: int, rank: int, seed: int, samples_per_epoch: int | None
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        per_epoch = min(samples_per_epoch or len(dataset), len(dataset))  # type: ignore[arg-type]
+        self.num_samples = per_epoch // num_replicas  # this rank's share
+        self.total_size = self.num_samples * num_replicas
+        self._skip: tuple[int, int] | None = None  # (epoch, indices of this rank already trained on)
+
+    def resume(self, epoch: int, consumed: int) -> None:
+        """The next pass over ``epoch`` leaves out its first ``consumed`` indices (of this rank)."""
+        self._skip = (epoch, consumed)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + self.epoch))  # type: ignore[arg-type]
+        mine = order[: self.total_size][self.rank :: self.num_replicas].tolist()
+        if self._skip is not None and self._skip[0] == self.epoch:
+            mine = mine[self._skip[1] :]
+            self._skip = None
+        return iter(mine)
+
+
+class LatentSeeds(Dataset):
+    """Indices 0..n-1 for ``predict``: the module turns each into a latent seeded by it."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: SLURM's per-task allocation, else the CPU affinity mask."""
+    allocated = os.environ.get("SLURM_CPUS_PER_TASK")
+    if allocated and allocated.isdigit():
+        return int(allocated)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class FaceDataModule(L.LightningDataModule):
+    """What every face source shares: batching, per-epoch subsets, scaling and flips.
+
+    Args:
+        image_size: side of the square images, in pixels.
+        batch_size: images per batch (per device under DDP).
+        num_workers: loader processes; ``None`` picks min(8, CPUs allocated to this process)
+            for image files, and 0 for prepared data (a batch is one memory copy; workers would
+            only add inter-process transfer; preparing still decodes with min(8, CPUs)).
+        flip: randomly mirror training images left-right.
+        samples_per_epoch: train each epoch on a fresh random subset of this many images
+            (short epochs on a big dataset); ``None`` uses every image once per epoch.
+        predict_samples: how many images ``predict`` generates.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        batch_size: int = 128,
+        num_workers: int | None = None,
+        flip: bool = True,
+        samples_per_epoch: int | None = None,
+        predict_samples: int = 64,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise FacesError(f"batch_size must be at least 1, got {batch_size}")
+        if samples_per_epoch is not None and samples_per_epoch < batch_size:
+            raise FacesError(f"samples_per_epoch {samples_per_epoch} is smaller than batch_size {batch_size}")
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = min(8, available_cpus()) if num_workers is None else num_workers
+        self.decode_workers = self.num_workers  # processes that decode image files (prepare)
+        self.flip = flip
+        self.samples_per_epoch = samples_per_epoch
+        self.predict_samples = predict_samples
+        self.train_set: Dataset | None = None
+        self._resume_position: dict[str, int] | None = None  # from a checkpoint (load_state_dict)
+        self._flip_rng: torch.Generator | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    # Subclasses say where images come from; None means "this source has no such split".
+    def train_dataset(self) -> Dataset:
+        raise NotImplementedError
+
+    # Sources of image files can be prepared: decoded once into a memory-mapped uint8 array.
+    prepared: bool = False
+    prepared_dir: str | None = None
+
+    def source(self, split: Split) -> Dataset:
+        """The split read from its image files, decoded on every access."""
+        raise NotImplementedError
+
+    def split_dataset(self, split: Split, build: bool = True) -> Dataset:
+        """The split as training reads it: prepared (memory-mapped) when ``prepared``, else files.
+
+        A missing prepared split is built here when ``build`` (``prepare_data`` has normally
+        built it already, once per node); otherwise the files are read.
+        """
+        if not self.prepared:
+            return self.source(split)
+        key = self.describe(split)
+        folder = prepared_folder(self.prepared_dir, key)
+        if check(folder, key, full=False) is None:
+            return PreparedImages(folder)
+        source = self.source(split)
+        if not build or len(source) == 0:  # type: ignore[arg-type]
+            return source
+        return PreparedImages(self._ensure(split, source))
+
+    def prepare(self, splits: list[Split]) -> list[Path]:
+        """Builds (or checks in full, and rebuilds if damaged) the prepared splits."""
+        folders = []
+        for split in splits:
+            source = None
+            if not prepared_folder(self.prepared_dir, self.describe(split)).exists():
+                source = self.source(split)
+                if len(source) == 0:  # type: ignore[arg-type]
+                    continue  # an empty split (no validation images): nothing to prepare
+            folders.append(self._ensure(split, source))
+        return folders
+
+    def _ensure(self, split: Split, source: Dataset | None) -> Path:
+        return ensure(
+            (lambda: source) if source is not None else (lambda: self.source(split)),
+            self.prepared_dir,
+            self.describe(split),
+            self.decode_workers,
+            f"{type(self).__name__} split '{split}' at {self.image_size}px",
+        )
+
+    def fit_splits(self) -> list[Split]:
+        """The splits ``fit`` reads (training, and validation when there is one)."""
+        return ["all"]
+
+    def splits_in_use(self) -> list[Split]:
+        """The splits the trainer's current stage reads."""
+        stage = self.trainer.state.fn.value if self.trainer is not None and self.trainer.state.fn else "fit"
+        return {"fit": self.fit_splits(), "validate": self.fit_splits()[1:], "test": ["test"]}.get(stage, [])
+
+    def eval_dataset(self, stage: Literal["validate", "test"]) -> Dataset | None:
+        return None
+
+    def real_images(self, split: Split) -> Dataset:
+        """Real images of a split, preprocessed as for training but never flipped (for FID)."""
+        raise FacesError(f"{type(self).__name__} has no split '{split}' of real images")
+
+    def describe(self, split: Split) -> dict[str, object]:
+        """What identifies ``real_images(split)``: FID's cached real statistics are keyed on it."""
+        return {"source": type(self).__name__, "split": split, "image_size": self.image_size}
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.train_set is None:
+            self.train_set = self.train_dataset()
+            if len(self.train_set) < self.batch_size:  # type: ignore[arg-type]
+                raise FacesError(
+                    f"batch_size {self.batch_size} is larger than the training set "
+                    f"({len(self.train_set)} images): lower data.batch_size"  # type: ignore[arg-type]
+                )
+        if stage in ("fit", "validate") and self.val_set is None:
+            self.val_set = self.eval_dataset("validate")
+        if stage == "validate" and not self.val_set:
+            raise FacesError("there is no validation split with images to validate on: set data.val_split")
+        if stage == "test" and self.test_set is None:
+            self.test_set = self.eval_dataset("test")
+        if stage == "test" and not self.test_set:
+            raise FacesError("the test split has no images: choose a dataset with a test split")
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training is in its data: the epoch and the batches of it already trained on.
+
+        Saved in checkpoints (Lightning asks at every save); ``train_dataloader`` of a resumed
+        run continues from there.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        epochs = trainer.fit_loop.epoch_progress.current
+        # between epochs (a save at an epoch's end) the batch counter still holds the finished
+        # epoch's count: the next epoch has none of its batches trained on yet
+        mid_epoch = epochs.started > epochs.completed
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed if mid_epoch else 0
+        return {"epoch": trainer.current_epoch, "batches": batches}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_position = dict(state) or None
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        sampler = None
+        if train:
+            trainer = self.trainer
+            world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+            seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))  # seed_everything's (the configs set it)
+            sampler = EpochSampler(dataset, world, rank, seed, self.samples_per_epoch)
+            if self._resume_position:
+                position = self._resume_position
+                sampler.resume(position["epoch"], position["batches"] * self.batch_size)
+                self._resume_position = None
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=False,  # training order comes from the EpochSampler
+            sampler=sampler,
+            drop_last=train,  # equal batches keep batch-norm statistics comparable
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=prepared_collate if isinstance(dataset, PreparedImages) else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None or len(self.val_set) == 0:  # type: ignore[arg-type]
+            return []  # no validation split: Lightning then skips validation
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        assert self.test_set is not None
+        return self._loader(self.test_set, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(LatentSeeds(self.predict_samples), batch_size=self.batch_size)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.trainer is not None and self.trainer.predicting:
+            return batch
+        images, attributes = batch
+        images = to_float(images)  # uint8 (B, 3, S, S) -> float in [-1, 1]
+        if self.flip and self.trainer is not None and self.trainer.training:
+            # drawn from (seed, iteration, rank), not the global RNG (which checkpoints do not
+            # hold): a resumed run flips exactly what the uninterrupted one would have
+            key = (int(os.environ.get("PL_GLOBAL_SEED", "0")), self.trainer.global_step, self.trainer.global_rank)
+            seed = int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1)
+            if self._flip_rng is None or self._flip_rng.device != images.device:
+                self._flip_rng = torch.Generator(device=images.device)
+            mirrored = (
+                torch.rand(images.shape[0], device=images.device, generator=self._flip_rng.manual_seed(seed)) < 0.5
+            )
+            images = torch.where(mirrored.view(-1, 1, 1, 1), images.flip(3), images)
+        return images, attributes
