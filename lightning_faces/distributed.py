@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
-from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -31,14 +32,17 @@ _HAS_FORWARD_SYNC = "forward_sync_buffers" in inspect.signature(DistributedDataP
 class GANDDPStrategy(DDPStrategy):
     """``DDPStrategy`` that wraps G and D in a DDP each instead of the LightningModule in one.
 
-    The GAN switches a plain ``DDPStrategy`` (``strategy: ddp``, or ``auto`` on several devices)
-    to this one by itself; pass it explicitly only to set DDP options.
+    Registered as ``gan_ddp`` and in place of Lightning's own ``ddp`` names (``ddp``,
+    ``ddp_spawn``, ``ddp_find_unused_parameters_true``, ...), with the same settings each, so
+    ``strategy: ddp``, and ``auto`` on several devices (which Lightning resolves to ``ddp``),
+    give a GAN this strategy. A module that is not a GAN is wrapped as Lightning's DDP would.
     """
 
     def configure_ddp(self) -> None:
         module = self.lightning_module
         if not hasattr(module, "distribute"):
-            raise TypeError(f"{type(self).__name__} trains lightning_faces.GAN modules, not {type(module).__name__}")
+            super().configure_ddp()  # any other LightningModule: Lightning's own wrapping
+            return
         module.distribute(self.wrap)
 
     def wrap(self, net: nn.Module) -> DistributedDataParallel:
@@ -56,15 +60,26 @@ class GANDDPStrategy(DDPStrategy):
         super().teardown()
 
 
-def use_gan_ddp(strategy: object) -> None:
-    """Switches Lightning's plain DDPStrategy to ``GANDDPStrategy``, keeping all its settings.
+def register(registry: Any = StrategyRegistry) -> None:
+    """Registers ``gan_ddp``, and ``GANDDPStrategy`` under each name Lightning gave ``DDPStrategy``.
 
-    Called from ``GAN.setup``, which Lightning runs before the strategy wraps the model, so the
-    same YAML works with ``strategy: auto`` on one device and ``ddp`` on many.
+    ``StrategyRegistry.register(..., override=True)`` is Lightning's supported way to give a
+    strategy name to another class; each name keeps its settings (start method, unused
+    parameter search). Runs when ``lightning_faces`` is imported, before any Trainer exists.
     """
-    if type(strategy) is DDPStrategy:
-        # the subclass adds no state, only overrides how the model is wrapped
-        strategy.__class__ = GANDDPStrategy
+    for name, entry in list(registry.items()):
+        if entry["strategy"] is DDPStrategy:
+            registry.register(name, GANDDPStrategy, entry["description"], override=True, **entry["init_params"])
+    registry.register(
+        "gan_ddp",
+        GANDDPStrategy,
+        "DDP with G and D wrapped apart (lightning_faces)",
+        override=True,
+        start_method="popen",
+    )
+
+
+register()
 
 
 def batch_norm_statistics(nets: Iterable[nn.Module]) -> list[torch.Tensor]:

@@ -17,7 +17,7 @@ from torch import nn
 from lightning_faces import objectives
 from lightning_faces.augment import DiffAugment
 from lightning_faces.data import to_float, to_uint8
-from lightning_faces.distributed import GANDDPStrategy, average_over_ranks, batch_norm_statistics, use_gan_ddp
+from lightning_faces.distributed import GANDDPStrategy, average_over_ranks, batch_norm_statistics
 from lightning_faces.errors import FacesError
 from lightning_faces.nets.virtual_batch_norm import uses_virtual_batch_norm
 from lightning_faces.objectives import NonSaturating, Objective
@@ -215,14 +215,17 @@ class GAN(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         strategy = self.trainer.strategy
-        # plain DDP only (which use_gan_ddp turns into ours): DeepSpeed subclasses DDPStrategy
-        # but shards and wraps the model its own way
-        plain_ddp = type(strategy) is DDPStrategy or isinstance(strategy, GANDDPStrategy)
-        if isinstance(strategy, ParallelStrategy) and not plain_ddp:
+        if type(strategy) is DDPStrategy:
+            # built in Python: Lightning's class, not the one the names "ddp"/"auto" now give
+            raise FacesError(
+                "DDPStrategy(...) would wrap G and D as one module: pass strategy='ddp' by name, "
+                "or lightning_faces.distributed.GANDDPStrategy(...) for DDP options"
+            )
+        # DeepSpeed subclasses DDPStrategy but shards and wraps the model its own way
+        if isinstance(strategy, ParallelStrategy) and not isinstance(strategy, GANDDPStrategy):
             raise FacesError(
                 f"strategy {type(strategy).__name__} is not supported: use ddp (trainer.strategy: ddp or auto)"
             )
-        use_gan_ddp(strategy)  # runs before Lightning wraps the model: G and D get a DDP each
         nets = [self.generator, self.discriminator] + ([self.generator_ema] if self.hparams.ema_decay else [])
         if self.hparams.channels_last:
             for net in nets:

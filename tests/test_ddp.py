@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
@@ -13,7 +14,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from lightning_faces.distributed import GANDDPStrategy, use_gan_ddp
+from lightning_faces.distributed import GANDDPStrategy
 from tests.conftest import celeba_args, flags, run_cli, tiny_gan
 
 pytestmark = pytest.mark.timeout(600)  # a collective that never matches hangs: fail instead
@@ -193,13 +194,35 @@ def test_gan_wrappers_do_not_copy_buffers_in_place_before_each_forward(tmp_path)
     # issue 175024). The GAN wrappers leave it out (and average the statistics per iteration).
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
     try:
-        strategy = DDPStrategy(parallel_devices=[torch.device("cpu")])
-        use_gan_ddp(strategy)  # what GAN.setup does with Lightning's plain DDP strategy
-        assert isinstance(strategy, GANDDPStrategy)
+        strategy = GANDDPStrategy(parallel_devices=[torch.device("cpu")])
         assert not strategy.wrap(nn.BatchNorm2d(3)).will_sync_module_buffers()
         assert DistributedDataParallel(nn.BatchNorm2d(3)).will_sync_module_buffers()  # the default does
     finally:
         dist.destroy_process_group()
+
+
+def test_the_names_ddp_and_auto_give_the_gan_strategy_with_lightnings_settings():
+    # Lightning resolves "auto" on several devices to the name "ddp"; each DDP name keeps its
+    # own settings (start method, unused-parameter search) with the GAN's strategy class
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    for name, start_method in (("ddp", "popen"), ("ddp_spawn", "spawn"), ("gan_ddp", "popen")):
+        strategy = StrategyRegistry.get(name)
+        assert type(strategy) is GANDDPStrategy and strategy._start_method == start_method
+    assert StrategyRegistry.get("ddp_find_unused_parameters_true")._ddp_kwargs["find_unused_parameters"] is True
+    trainer = L.Trainer(accelerator="cpu", devices=2, logger=False)
+    assert type(trainer.strategy) is GANDDPStrategy
+
+
+def test_a_plain_ddp_strategy_built_in_python_stops_with_one_line():
+    from types import SimpleNamespace
+
+    from lightning_faces.errors import FacesError
+
+    model = tiny_gan()
+    model._trainer = SimpleNamespace(strategy=DDPStrategy())
+    with pytest.raises(FacesError, match="pass strategy='ddp' by name"):
+        model.setup("fit")
 
 
 @pytest.mark.parametrize("name", ["DeepSpeedStrategy", "FSDPStrategy"])
