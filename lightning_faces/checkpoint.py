@@ -114,14 +114,14 @@ def build(value: Any, path: str | Path) -> Any:
             f"checkpoint {path} names {class_path}, which is not a lightning_faces network, objective or "
             "regularizer, so it was not built: load its state_dict into networks you build yourself"
         )
-    if "init_args" not in value:
+    if value.get("init_args_unknown"):
         raise FacesError(
             f"checkpoint {path} does not record {class_path}'s settings (its GAN was built in Python, not "
             "from a config): build the GAN yourself and load the checkpoint's state_dict into it"
         )
     module_name, _, name = class_path.rpartition(".")
     cls = getattr(importlib.import_module(module_name), name)
-    return cls(**{key: build(arg, path) for key, arg in value["init_args"].items()})
+    return cls(**{key: build(arg, path) for key, arg in (value.get("init_args") or {}).items()})
 
 
 def generator_image_size(settings: dict[str, Any]) -> int | None:

@@ -52,7 +52,8 @@ def _describe_objects_in(hparams: dict[str, Any]) -> None:
 
     def describe(value: Any) -> Any:
         if isinstance(value, nn.Module):
-            return {"class_path": f"{type(value).__module__}.{type(value).__qualname__}"}
+            # its settings are the object's own business: only its class is known here
+            return {"class_path": f"{type(value).__module__}.{type(value).__qualname__}", "init_args_unknown": True}
         if isinstance(value, (list, tuple)):
             return [describe(item) for item in value]
         return value

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from benchmarks import data, train
+import torch
+
+from benchmarks import data, quality, train
 
 
 def test_data_benchmark_measures_both_pipelines_and_memory(fake_celeba, tmp_path, capsys):
@@ -57,3 +59,28 @@ def test_training_benchmark_times_both_loops(fake_celeba, tmp_path):
     result = train.main(args)
     assert [len(row["rounds"]) for row in result["results"]] == [1, 1]
     assert result["ratio"] > 0 and json.loads((tmp_path / "train.json").read_text())["benchmark"] == "train"
+
+
+def test_quality_benchmark_trains_each_config_per_seed_and_scores_held_out_images(fake_celeba, tmp_path, capsys):
+    args = ["--data-dir", str(fake_celeba), "--candidates", "dcgan", "sngan+ema", "--seeds", "0", "1"]
+    args += ["--minutes", "0.03", "--image-size", "16", "--width", "4", "--train-batch-size", "4"]
+    args += ["--held-out", "8", "--samples", "8", "--kid-subsets", "3", "--kid-subset-size", "4"]
+    args += ["--feature-extractor", "tests.test_metrics.TinyFeatures", "--work", str(tmp_path / "work")]
+    result = quality.main([*args, "--json", str(tmp_path / "quality.json")])
+    runs = result["runs"]
+    assert [(row["config"], row["seed"]) for row in runs] == [
+        ("dcgan", 0),
+        ("dcgan", 1),
+        ("sngan+ema", 0),
+        ("sngan+ema", 1),
+    ]
+    assert all(row["iterations"] > 0 and row["kid_std"] >= 0 and row["fid"] > 0 for row in runs)
+    assert runs[0]["kid"] != runs[1]["kid"]  # two seeds, two different generators
+    # 8 of the 24 images held out, the other 16 trained on, none in both
+    held_out = {p.name for p in (tmp_path / "work" / "held-out").iterdir()}
+    trained = {p.name for p in (tmp_path / "work" / "train").iterdir()}
+    assert len(held_out) == 8 and len(trained) == 16 and not held_out & trained
+    sngan = torch.load(tmp_path / "work" / "runs" / "sngan+ema" / "version_1" / "checkpoints" / "last.ckpt")
+    assert sngan["hyper_parameters"]["ema_decay"] == 0.999 and sngan["hyper_parameters"]["seed"] == 1
+    out = capsys.readouterr().out
+    assert "| sngan+ema" in out and "8 held-out real vs 8 generated images" in out

@@ -1,0 +1,270 @@
+"""Which shipped config makes the best faces at equal compute: KID and FID on held-out images.
+
+Each candidate is a shipped config (plus overlays) trained through the real entry point
+(``python -m lightning_faces fit``) for the same wall time on the same training images, once per
+seed; then its generator (the EMA one when the config keeps one) draws ``--samples`` images,
+scored against real images held out from training:
+
+- KID (``torchmetrics``' KernelInceptionDistance: unbiased, so comparable at the few hundred
+  images a short run can afford), mean +- std over ``--kid-subsets`` random subsets;
+- FID, same features (biased upward at small counts: compare FIDs of equal sample counts only).
+
+The split: of the data folder's CelebA images, a seeded random ``--held-out`` are held out (the
+real side of every score) and the rest are the training set. Inception runs once per image set
+(real features cached in the work folder). On a 2-core CPU, train at 32x32 with CPU-sized widths
+(``--image-size 32 --width 32``, the defaults); on a GPU, 64x64 with the configs' own widths.
+
+    python -m benchmarks.quality --data-dir ../shared/celeba-sample --minutes 8 --seeds 0 1 \\
+        --weights ../shared/fid/inception-2015-12-05-torchfidelity-layout-nofc.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from benchmarks.common import table, write_json
+from lightning_faces.data import ImageFolder, to_uint8
+from lightning_faces.metrics import RESIZES, check_inception_weights, make_fid, real_sample
+from lightning_faces.module import GAN
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+# name -> (config files, overrides): each a shipped YAML as a user would run it; the CPU sizes
+# (image size, widths, batch) and the data come from the command line for all alike
+CANDIDATES: dict[str, tuple[list[str], list[str]]] = {
+    "dcgan": (["dcgan.yaml"], []),
+    "dcgan+ema": (["dcgan.yaml", "ema.yaml"], []),
+    "dcgan+ema+diffaugment": (["dcgan.yaml", "ema.yaml", "diffaugment.yaml"], []),
+    # no known step count to decay to under a time budget: constant learning rates
+    "sngan": (["sngan.yaml"], ["--model.lr_decay", "none"]),
+    "sngan+ema": (["sngan.yaml", "ema.yaml"], ["--model.lr_decay", "none"]),
+}
+
+
+class Features(nn.Module):
+    """Hands precomputed Inception features to torchmetrics' FID and KID as if it extracted them."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features  # read by torchmetrics' FID instead of a trial pass
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def split_images(data_dir: Path, work: Path, held_out: int) -> tuple[Path, Path]:
+    """Links a seeded random ``held_out`` of the CelebA images into work/held-out, the rest into work/train."""
+    source = data_dir / "celeba" / "img_align_celeba"
+    names = sorted(p.name for p in source.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    if held_out >= len(names):
+        raise SystemExit(f"--held-out {held_out} leaves no training images ({len(names)} in {source})")
+    chosen = set(real_sample(len(names), held_out, seed=0))
+    train, test = work / "train", work / "held-out"
+    for folder in (train, test):
+        folder.mkdir(parents=True, exist_ok=True)
+    for index, name in enumerate(names):
+        link = (test if index in chosen else train) / name
+        if not link.exists():
+            link.symlink_to(source / name)
+    return train, test
+
+
+def features_of(images: Any, extractor: nn.Module, device: torch.device, what: str) -> torch.Tensor:
+    """Inception features (N, 2048) of uint8 image batches."""
+    out = []
+    with torch.no_grad():
+        for batch in tqdm(images, desc=f"Inception features of {what}", unit="batch", leave=False):
+            out.append(extractor(batch.to(device)).double().cpu())
+    return torch.cat(out)
+
+
+def real_features(folder: Path, args: argparse.Namespace, extractor: nn.Module, device: torch.device) -> torch.Tensor:
+    cache = Path(args.work) / f"real-{args.image_size}-{args.resize}-{args.held_out}.pt"
+    if cache.exists():
+        return torch.load(cache, weights_only=True)
+    loader = DataLoader(ImageFolder(folder, args.image_size, args.crop), batch_size=args.batch_size)
+    features = features_of((images for images, _ in loader), extractor, device, "held-out images")
+    torch.save(features, cache)
+    return features
+
+
+def fake_batches(checkpoint: Path, args: argparse.Namespace, device: torch.device):
+    model = GAN.from_checkpoint(checkpoint, map_location=device).to(device).eval()
+    seeded = torch.Generator(device=device).manual_seed(1234)  # the same latents for every run
+    for start in range(0, args.samples, args.batch_size):
+        count = min(args.batch_size, args.samples - start)
+        yield to_uint8(model.generate(model.sample_latents(count, seeded)))
+
+
+def score(real: torch.Tensor, fake: torch.Tensor, args: argparse.Namespace) -> dict[str, float]:
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    torch.manual_seed(0)  # KID's subsets
+    # KID keeps every feature it is given, and says so; these are a few thousand vectors
+    warnings.filterwarnings("ignore", message="Metric `Kernel Inception Distance` will save all extracted features")
+    subset = min(args.kid_subset_size, len(real), len(fake))
+    kid = KernelInceptionDistance(feature=Features(real.shape[1]), subsets=args.kid_subsets, subset_size=subset)
+    fid = FrechetInceptionDistance(feature=Features(real.shape[1]))
+    for metric in (kid, fid):
+        metric.update(real, real=True)
+        metric.update(fake, real=False)
+    kid_mean, kid_std = kid.compute()
+    return {"kid": float(kid_mean), "kid_std": float(kid_std), "fid": float(fid.compute())}
+
+
+def train(name: str, seed: int, train_dir: Path, args: argparse.Namespace) -> Path:
+    """One candidate, one seed, ``--minutes`` of training; returns its run folder."""
+    files, overrides = CANDIDATES[name]
+    runs = Path(args.work) / "runs"
+    width = str(args.width)
+    command = [
+        sys.executable, "-m", "lightning_faces", "fit",
+        *(item for f in files for item in ("--config", str(CONFIGS / f))),
+        *overrides,
+        "--config", str(Path(args.work) / "benchmark.yaml"),
+        "--data.data_dir", str(train_dir),
+        "--model.generator.init_args.width", width,
+        "--model.discriminator.init_args.width", width,
+        "--trainer.logger.init_args.save_dir", str(runs),
+        "--trainer.logger.init_args.name", name,
+        "--seed_everything", str(seed),
+        "--model.seed", str(seed),
+    ]  # fmt: skip
+    run = runs / name / f"version_{seed}"
+    if (run / "checkpoints" / "last.ckpt").exists() and not args.retrain:
+        return run
+    command += ["--trainer.logger.init_args.version", str(seed)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    started = time.perf_counter()
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{name} seed {seed} failed:\n{result.stderr[-3000:]}")
+    print(f"  {name} seed {seed}: trained {time.perf_counter() - started:.0f} s", flush=True)
+    return run
+
+
+def write_overlay(args: argparse.Namespace) -> None:
+    """What every candidate shares: the training images, the size, the budget, no FID during training."""
+    minutes = int(args.minutes)
+    seconds = round((args.minutes - minutes) * 60)
+    (Path(args.work) / "benchmark.yaml").write_text(
+        f"""trainer:
+  max_time: "00:00:{minutes:02d}:{seconds:02d}"
+  max_steps: -1
+  max_epochs: -1
+  enable_progress_bar: false
+  log_every_n_steps: 50
+fid:
+  every_n_epochs: 0
+  every_n_steps: 0
+data:
+  class_path: lightning_faces.data.ImageFolderDataModule
+  init_args:
+    image_size: {args.image_size}
+    crop: {args.crop}
+    batch_size: {args.train_batch_size}
+    num_workers: 0
+"""
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default="../shared/celeba-sample", help="folder holding celeba/")
+    parser.add_argument("--candidates", nargs="+", default=["dcgan", "dcgan+ema", "sngan+ema"], choices=CANDIDATES)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--minutes", type=float, default=8.0, help="training wall time per run")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--width", type=int, default=32, help="G's and D's width (CPU-sized)")
+    parser.add_argument("--train-batch-size", type=int, default=64)
+    parser.add_argument("--crop", type=float, default=0.79, help="as for CelebA training")
+    parser.add_argument("--held-out", type=int, default=1000, help="real images kept out of training")
+    parser.add_argument("--samples", type=int, default=1000, help="generated images scored per run")
+    parser.add_argument("--kid-subsets", type=int, default=50)
+    parser.add_argument("--kid-subset-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=100, help="images per Inception pass")
+    parser.add_argument("--resize", default="tensorflow", choices=RESIZES)
+    parser.add_argument("--weights", default=None, help="Inception weights file (default: torch-fidelity's)")
+    parser.add_argument("--feature-extractor", default=None, help=argparse.SUPPRESS)  # tests: a tiny network
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--work", default="runs/benchmarks/quality", help="split, runs and cached features")
+    parser.add_argument("--retrain", action="store_true", help="train again even where a run exists")
+    parser.add_argument("--json", default="runs/benchmarks/quality.json")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+
+    if args.feature_extractor:
+        module, _, name = args.feature_extractor.rpartition(".")
+        extractor = getattr(__import__(module, fromlist=[name]), name)()
+    else:
+        check_inception_weights(args.weights, option="--weights")
+        extractor = make_fid(args.weights, resize=args.resize).inception
+    extractor = extractor.to(device).eval()
+
+    train_dir, held_out_dir = split_images(Path(args.data_dir), Path(args.work), args.held_out)
+    write_overlay(args)
+    real = real_features(held_out_dir, args, extractor, device)
+    rows = []
+    for name in args.candidates:
+        for seed in args.seeds:
+            run = train(name, seed, train_dir, args)
+            checkpoint = run / "checkpoints" / "last.ckpt"
+            saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            fake = features_of(fake_batches(checkpoint, args, device), extractor, device, f"{name} seed {seed}")
+            iterations = int(saved["iteration"])
+            rows.append(
+                {
+                    "config": name,
+                    "seed": seed,
+                    "iterations": iterations,
+                    "images seen": iterations * args.train_batch_size,
+                    **score(real, fake, args),
+                }
+            )
+            print(f"  {rows[-1]}", flush=True)
+
+    summary = []
+    for name in args.candidates:
+        mine = [row for row in rows if row["config"] == name]
+        kids = torch.tensor([row["kid"] for row in mine])
+        summary.append(
+            {
+                "config": name,
+                "iterations": " / ".join(str(row["iterations"]) for row in mine),
+                "KID x 1000 (per seed, +- subset std)": ", ".join(
+                    f"{1000 * row['kid']:.1f} +- {1000 * row['kid_std']:.1f}" for row in mine
+                ),
+                "KID x 1000 mean": 1000 * float(kids.mean()),
+                "seed spread": 1000 * float(kids.max() - kids.min()),
+                "FID (per seed)": ", ".join(f"{row['fid']:.1f}" for row in mine),
+            }
+        )
+    protocol = (
+        f"{args.image_size}px, width {args.width}, batch {args.train_batch_size}, {args.minutes:g} min per run on "
+        f"{device}; {len(real)} held-out real vs {args.samples} generated images, crop {args.crop}, resize "
+        f"{args.resize}, KID over {args.kid_subsets} subsets of {min(args.kid_subset_size, args.samples, len(real))}"
+    )
+    print(f"\nQuality at equal wall time ({protocol})")
+    print(table(summary, list(summary[0])))
+    result = {"benchmark": "quality", "protocol": protocol, "settings": vars(args), "runs": rows, "summary": summary}
+    print(f"\nwrote {write_json(args.json, result)}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
