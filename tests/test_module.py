@@ -347,3 +347,13 @@ def test_sync_batchnorm_on_cpu_stops_with_a_one_line_reason(tmp_path):
     model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(make_model())
     with pytest.raises(FacesError, match="sync_batchnorm needs GPUs"):
         train(tmp_path, model, steps=1)
+
+
+def test_linear_lr_decay_falls_to_zero_at_max_steps_and_needs_it(tmp_path):
+    model = make_model(lr_decay="linear")
+    trainer = train(tmp_path, model, steps=4)
+    d_lr, g_lr = (optimizer.param_groups[0]["lr"] for optimizer in trainer.optimizers)
+    assert d_lr == g_lr == 0.0  # 2e-4 * (1 - 4/4)
+    model = make_model(lr_decay="linear")
+    with pytest.raises(FacesError, match="lr_decay linear decays to 0 at trainer.max_steps"):
+        train(tmp_path, model, steps=-1, max_epochs=1)
