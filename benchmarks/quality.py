@@ -29,7 +29,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -52,6 +54,14 @@ CANDIDATES: dict[str, tuple[list[str], list[str]]] = {
     "sngan": (["sngan.yaml"], ["--model.lr_decay", "none"]),
     "sngan+ema": (["sngan.yaml", "ema.yaml"], ["--model.lr_decay", "none"]),
 }
+
+
+class SaveAtEnd(Callback):
+    """Saves ``checkpoints/final.ckpt`` when training stops (at ``max_time``): the shipped configs
+    checkpoint every N iterations, which would score a generator up to N iterations old."""
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        trainer.save_checkpoint(Path(trainer.log_dir) / "checkpoints" / "final.ckpt")
 
 
 class Features(nn.Module):
@@ -143,9 +153,10 @@ def train(name: str, seed: int, train_dir: Path, args: argparse.Namespace) -> Pa
         "--trainer.logger.init_args.name", name,
         "--seed_everything", str(seed),
         "--model.seed", str(seed),
+        "--trainer.callbacks+=benchmarks.quality.SaveAtEnd",
     ]  # fmt: skip
     run = runs / name / f"version_{seed}"
-    if (run / "checkpoints" / "last.ckpt").exists() and not args.retrain:
+    if (run / "checkpoints" / "final.ckpt").exists() and not args.retrain:
         return run
     command += ["--trainer.logger.init_args.version", str(seed)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -223,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in args.candidates:
         for seed in args.seeds:
             run = train(name, seed, train_dir, args)
-            checkpoint = run / "checkpoints" / "last.ckpt"
+            checkpoint = run / "checkpoints" / "final.ckpt"
             saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
             fake = features_of(fake_batches(checkpoint, args, device), extractor, device, f"{name} seed {seed}")
             iterations = int(saved["iteration"])

@@ -80,7 +80,7 @@ def test_quality_benchmark_trains_each_config_per_seed_and_scores_held_out_image
     held_out = {p.name for p in (tmp_path / "work" / "held-out").iterdir()}
     trained = {p.name for p in (tmp_path / "work" / "train").iterdir()}
     assert len(held_out) == 8 and len(trained) == 16 and not held_out & trained
-    sngan = torch.load(tmp_path / "work" / "runs" / "sngan+ema" / "version_1" / "checkpoints" / "last.ckpt")
+    sngan = torch.load(tmp_path / "work" / "runs" / "sngan+ema" / "version_1" / "checkpoints" / "final.ckpt")
     assert sngan["hyper_parameters"]["ema_decay"] == 0.999 and sngan["hyper_parameters"]["seed"] == 1
     out = capsys.readouterr().out
     assert "| sngan+ema" in out and "8 held-out real vs 8 generated images" in out
