@@ -65,15 +65,15 @@ def plain_loop(args: argparse.Namespace, device: torch.device) -> float:
         zeros = torch.zeros(real.shape[0], device=device)
         # D: real, then fake, each with its own backward (as the PyTorch DCGAN tutorial does)
         discriminator.zero_grad()
-        real_logits, _ = discriminator(real)
+        real_logits = discriminator(real).logits
         F.binary_cross_entropy_with_logits(real_logits, ones).backward()
         fake = generator(torch.randn(real.shape[0], args.latent_dim, device=device))
-        fake_logits, _ = discriminator(fake.detach())
+        fake_logits = discriminator(fake.detach()).logits
         F.binary_cross_entropy_with_logits(fake_logits, zeros).backward()
         d_opt.step()
         # G: through the just-updated D, on the same fake batch
         generator.zero_grad()
-        logits, _ = discriminator(fake)
+        logits = discriminator(fake).logits
         F.binary_cross_entropy_with_logits(logits, ones).backward()
         g_opt.step()
     sync(device)

@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
 from lightning_faces.data import to_uint8
+from lightning_faces.data.attributes import switch_on
 from lightning_faces.files import atomic_path
 
 
@@ -72,7 +74,7 @@ class SampleGrid(_InRunFolder):
         if self._saved_step == trainer.global_step:
             return None
         self._saved_step = trainer.global_step
-        images = to_uint8(module.generate(module.fixed_latents))  # (N, 3, S, S)
+        images = to_uint8(module.generate(module.fixed_latents, module.fixed_attributes))  # (N, 3, S, S)
         if not trainer.is_global_zero:
             return None
         path = self.path(trainer)
@@ -82,6 +84,10 @@ class SampleGrid(_InRunFolder):
         grid = make_grid(images, nrow=int(len(images) ** 0.5), padding=2, pad_value=255)
         save_png(grid, path)
         log_image(trainer, "samples", grid)
+        if getattr(module, "attribute_names", ()):
+            control = attribute_grid(module, self.min_cell_size)
+            save_png(control, path.with_name(f"attributes_{path.name}"))
+            log_image(trainer, "attributes", control)
         return path
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -101,6 +107,33 @@ class SampleGrid(_InRunFolder):
         if trainer.is_global_zero:
             samples = self.path(trainer).parent
             write_gif(sorted(samples.glob("step_*.png")), samples.parent / "samples.gif")
+
+
+def attribute_grid(module: L.LightningModule, min_cell_size: int = 64, rows: int = 8) -> torch.Tensor:
+    """Shows what each attribute does: uint8 (3, H, W).
+
+    One row per fixed latent (with its fixed attributes, a real combination), in the first
+    column as it is, then one column per attribute switched on (and those exclusive with it off,
+    see ``data.attributes.switch_on``); the attribute's name heads its column.
+    """
+    names = list(module.attribute_names)
+    latents, base = module.fixed_latents[:rows], module.fixed_attributes[:rows]  # (R, Z), (R, A)
+    columns = [base] + [switch_on(base, names, name) for name in names]
+    attributes = torch.stack(columns, dim=1).flatten(0, 1)  # (R * (A + 1), A), row by row
+    images = to_uint8(module.generate(latents.repeat_interleave(len(columns), dim=0), attributes))
+    factor = -(-min_cell_size // images.shape[-1])
+    if factor > 1:
+        images = images.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
+    grid = make_grid(images, nrow=len(columns), padding=2, pad_value=255)  # (3, H, W)
+    cell = images.shape[-1] + 2
+    header = Image.new("RGB", (grid.shape[2], 40), "white")
+    draw = ImageDraw.Draw(header)
+    font = ImageFont.load_default()  # bundled with Pillow: nothing is fetched
+    for column, title in enumerate(["as drawn", *names]):
+        for line, text in enumerate(title.split("_")[:3]):
+            draw.text((column * cell + 3, 2 + 12 * line), text[: cell // 6], fill="black", font=font)
+    top = torch.from_numpy(np.asarray(header)).permute(2, 0, 1)
+    return torch.cat([top, grid.cpu()], dim=1)
 
 
 def log_image(trainer: L.Trainer, key: str, image: torch.Tensor) -> None:

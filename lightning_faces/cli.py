@@ -7,12 +7,15 @@ the data's prepared arrays; ``fid`` and ``download-weights`` are plain commands 
 from __future__ import annotations
 
 import errno
+import importlib
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 from jsonargparse import ArgumentParser
 from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -28,7 +31,7 @@ from lightning_faces.checkpoint import (
     write_failure,
 )
 from lightning_faces.console import quiet_known_noise
-from lightning_faces.data import FaceDataModule
+from lightning_faces.data import FaceDataModule, select_attributes
 from lightning_faces.errors import FacesError
 from lightning_faces.files import remove_stale_temporaries
 from lightning_faces.loggers import prepare_wandb
@@ -63,9 +66,18 @@ class FacesCLI(LightningCLI):
             parser._subcommands_action.add_subcommand(name, ArgumentParser(description=summary), help=summary)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # one source of truth: G draws, and D judges, images of the size the data delivers
-        parser.link_arguments("data.init_args.image_size", "model.generator.init_args.image_size")
-        parser.link_arguments("data.init_args.image_size", "model.discriminator.init_args.image_size")
+        # the model is the GAN unless the config names another LightningModule (model.class_path:
+        # e.g. the attribute classifier); a config without class_path keeps meaning the GAN
+        parser.set_defaults({"model": {"class_path": f"{GAN.__module__}.{GAN.__qualname__}"}})
+        # one source of truth: G draws, and D judges, images of the size and the attributes the
+        # data delivers (links into a model without such settings are skipped)
+        for net in ("generator", "discriminator"):
+            parser.link_arguments("data.init_args.image_size", f"model.init_args.{net}.init_args.image_size")
+            parser.link_arguments(
+                "data.init_args.attributes", f"model.init_args.{net}.init_args.attributes", compute_fn=attribute_list
+            )
+        parser.link_arguments("data.init_args.image_size", "model.init_args.image_size")
+        parser.link_arguments("data.init_args.attributes", "model.init_args.attributes", compute_fn=attribute_list)
         parser.add_lightning_class_args(FID, "fid")  # the `fid:` section; added to the callbacks
 
     def _parse_ckpt_path(self) -> None:
@@ -80,21 +92,30 @@ class FacesCLI(LightningCLI):
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not path or path in ("last", "best", "hpc", "registry"):  # Lightning's own keywords
             return
+        config = self.config[subcommand]
+        if not _is_gan(config.model.class_path):
+            return  # another LightningModule: Lightning's own handling
         hparams = gan_settings(load_checkpoint(path), path)
         if not hparams:
             return
-        config = self.config[subcommand]
         data_size, trained_size = config.data.init_args.get("image_size"), generator_image_size(hparams)
         if data_size is not None and trained_size is not None and data_size != trained_size:
             raise FacesError(
                 f"checkpoint {path} was trained on {trained_size}px images, but data.image_size is {data_size}: "
                 f"set --data.image_size {trained_size}, or start a new run without --ckpt_path"
             )
-        ours = _flatten(config.model.as_dict())
+        data_attributes = attribute_list(config.data.init_args.get("attributes"))
+        trained_attributes = list((hparams.get("generator", {}).get("init_args") or {}).get("attributes") or [])
+        if data_attributes != trained_attributes:
+            raise FacesError(
+                f"checkpoint {path} was trained on attributes {trained_attributes or 'none'}, but data.attributes "
+                f"is {data_attributes or 'empty'}: set data.attributes to the checkpoint's"
+            )
+        ours = _flatten(config.model.init_args.as_dict())
         differ = {
             key: (value, ours[key])
             for key, value in _flatten(hparams).items()
-            if not key.endswith(".image_size") and key in ours and _plain(ours[key]) != _plain(value)
+            if not key.endswith((".image_size", ".attributes")) and key in ours and _plain(ours[key]) != _plain(value)
         }
         if differ:
             _say_once(
@@ -102,7 +123,8 @@ class FacesCLI(LightningCLI):
                 + ", ".join(f"model.{key} {theirs} (the config says {ours})" for key, (theirs, ours) in differ.items())
                 + ": using the checkpoint's, which its weights were trained with"
             )
-        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        model = {"class_path": config.model.class_path, "init_args": hparams}
+        self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -177,6 +199,32 @@ class ShortErrorParser(LightningArgumentParser):
 
     def print_usage(self, file: Any = None) -> None:
         pass
+
+    def error(self, message: str, *args: Any, **kwargs: Any) -> Any:
+        # a check inside an argument link (e.g. an unknown attribute name) says what it checked
+        linked = re.match(r"Call to compute_fn of link .*? failed: (.*)", message, flags=re.DOTALL)
+        if linked:
+            message = linked.group(1)
+        # a bad key under a class (the model, a network): the innermost reason and its class,
+        # not the union of every type the value was tried against
+        reasons = re.findall(r"Problem with given class_path '([^']+)':\s*\n\s*(.+)", message)
+        if reasons:
+            key = re.match(r'Parser key "([^"]+)"', message)
+            class_path, reason = reasons[-1]
+            message = f"{key.group(1) + ': ' if key else ''}{reason.strip()} (in {class_path})"
+        return super().error(message, *args, **kwargs)
+
+
+def _is_gan(class_path: str) -> bool:
+    """Whether a config's ``model.class_path`` names the GAN (or a subclass of it)."""
+    module_name, _, name = class_path.rpartition(".")
+    model_class = getattr(importlib.import_module(module_name), name, None)
+    return isinstance(model_class, type) and issubclass(model_class, GAN)
+
+
+def attribute_list(attributes: Any) -> list[str]:
+    """``data.attributes`` as the networks take it: a list of CelebA names (``all`` spelled out)."""
+    return list(select_attributes(attributes))
 
 
 def _as_list(value: Any) -> list:
@@ -304,7 +352,7 @@ def make_cli(args: list[str] | None, **options: Any) -> FacesCLI:
         "parser_class": ShortErrorParser,
         **options,
     }
-    return FacesCLI(GAN, FaceDataModule, args=args, **settings)
+    return FacesCLI(L.LightningModule, FaceDataModule, args=args, subclass_mode_model=True, **settings)
 
 
 def prepare(args: list[str]) -> None:

@@ -211,6 +211,7 @@ class FID(L.Callback):
         self.last_cache_hit: bool | None = None
         self.protocol: dict[str, Any] = {}  # how the numbers are measured, filled in at the first evaluation
         self._fixed_latents: torch.Tensor | None = None
+        self._fixed_attributes: torch.Tensor | None = None
 
     @property
     def active(self) -> bool:
@@ -266,9 +267,12 @@ class FID(L.Callback):
         self.fid.reset()  # drops the fakes, keeps the real statistics
         # sample i always comes from the same latent, whatever the number of ranks; rank r
         # scores samples r, r+W, r+2W, ...: all ranks together score each sample once
-        share = self._latents(module.latent_dim)[trainer.global_rank :: trainer.world_size]
-        for batch in share.split(self.batch_size):
-            images = module.generate(batch.to(module.device))  # (B, 3, S, S) in [-1, 1]
+        latents, attributes = self._samples(module)
+        mine = slice(trainer.global_rank, None, trainer.world_size)
+        for start in range(0, len(latents[mine]), self.batch_size):
+            batch = slice(start, start + self.batch_size)
+            labels = None if attributes is None else attributes[mine][batch]
+            images = module.generate(latents[mine][batch], labels)  # (B, 3, S, S) in [-1, 1]
             self.fid.update(to_uint8(images), real=False)
         value = self.fid.compute()  # sums the states over ranks: every rank gets the same value
         seconds = time.perf_counter() - started
@@ -283,12 +287,15 @@ class FID(L.Callback):
         )
         return value
 
-    def _latents(self, latent_dim: int) -> torch.Tensor:
-        """The ``num_samples`` latents every evaluation scores, drawn once (on the CPU)."""
-        if self._fixed_latents is None or self._fixed_latents.shape != (self.num_samples, latent_dim):
+    def _samples(self, module: L.LightningModule) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The ``num_samples`` latents every evaluation scores, drawn once (on the CPU), and for a
+        conditional GAN their attributes: real rows from its pool, drawn once too."""
+        if self._fixed_latents is None or self._fixed_latents.shape != (self.num_samples, module.latent_dim):
             seeded = torch.Generator().manual_seed(10_000)
-            self._fixed_latents = torch.randn(self.num_samples, latent_dim, generator=seeded)
-        return self._fixed_latents
+            self._fixed_latents = torch.randn(self.num_samples, module.latent_dim, generator=seeded)
+            rows = module.sample_attributes(self.num_samples, torch.Generator(module.device).manual_seed(10_001))
+            self._fixed_attributes = None if rows is None else rows.cpu()
+        return self._fixed_latents, self._fixed_attributes
 
     def curve_points(self) -> dict[str, list[tuple[int, float]]]:
         """FID against the iteration, for ``LearningCurves``."""

@@ -17,11 +17,15 @@ from torch import nn
 from lightning_faces import objectives
 from lightning_faces.augment import DiffAugment
 from lightning_faces.data import to_float, to_uint8
+from lightning_faces.data.attributes import switch_on
 from lightning_faces.distributed import GANDDPStrategy, average_over_ranks, batch_norm_statistics
 from lightning_faces.errors import FacesError
+from lightning_faces.nets.contract import Scores
 from lightning_faces.nets.virtual_batch_norm import uses_virtual_batch_norm
-from lightning_faces.objectives import NonSaturating, Objective
+from lightning_faces.objectives import AttributeLoss, NonSaturating, Objective
 from lightning_faces.regularizers import FeatureMatching, Regularizer, Step
+
+ATTRIBUTE_POOL_SIZE = 10_000  # real attribute rows a conditional GAN keeps to sample from
 
 
 def dcgan_adam(params: Any) -> torch.optim.Optimizer:
@@ -88,6 +92,8 @@ class GAN(L.LightningModule):
             ``HistoricalAveraging``).
         g_regularizers: penalties added to G's loss (``FeatureMatching``, ``HistoricalAveraging``).
         augment: applied to real and fake images before D in training (``DiffAugment``).
+        attribute_loss: the auxiliary classifier's loss, for a D with ``conditioning:
+            auxiliary`` (``None``: ``AttributeLoss()``, weight 1).
         g_optimizer: optimizer for G; ``None`` is Adam(lr=2e-4, betas=(0.5, 0.999)).
         d_optimizer: optimizer for D; ``None`` likewise.
         lr_decay: ``linear`` lowers both learning rates linearly to 0 at ``trainer.max_steps``
@@ -121,6 +127,7 @@ class GAN(L.LightningModule):
         d_regularizers: list[Regularizer] | None = None,
         g_regularizers: list[Regularizer] | None = None,
         augment: DiffAugment | None = None,
+        attribute_loss: AttributeLoss | None = None,
         g_optimizer: OptimizerCallable | None = None,
         d_optimizer: OptimizerCallable | None = None,
         lr_decay: Literal["none", "linear"] = "none",
@@ -143,6 +150,14 @@ class GAN(L.LightningModule):
             warnings.filterwarnings("ignore", message="Attribute '.*' is an instance of `nn.Module`")
             self.save_hyperparameters(ignore=["g_optimizer", "d_optimizer"])
         _describe_objects_in(self.hparams)
+        for name, net in (("generator", generator), ("discriminator", discriminator)):
+            settings = self.hparams.get(name)
+            if isinstance(settings, dict) and isinstance(settings.get("init_args"), dict):
+                # the CLI leaves the settings it links from the data out of those it hands over:
+                # a checkpoint must still say what its networks were built for
+                for key in ("image_size", "attributes"):
+                    if hasattr(net, key):
+                        settings["init_args"][key] = getattr(net, key)
         for name, net in (("generator", generator), ("discriminator", discriminator)):
             if not isinstance(net, nn.Module):
                 raise FacesError(f"model.{name} must be a network (an nn.Module), got {type(net).__name__}")
@@ -167,10 +182,29 @@ class GAN(L.LightningModule):
             regularizer.bind(self.discriminator)
         for regularizer in self.g_regularizers:
             regularizer.bind(self.generator)
+        self.attribute_names: tuple[str, ...] = tuple(getattr(generator, "attributes", ()))
+        judged = tuple(getattr(discriminator, "attributes", ()))
+        if judged != self.attribute_names:
+            raise FacesError(
+                f"the generator is conditioned on {list(self.attribute_names)} but the discriminator on "
+                f"{list(judged)}: give both the same attributes (the CLI links data.attributes into both)"
+            )
+        head = getattr(discriminator, "attribute_head", None)
+        self.classifies = bool(head is not None and head.classifies)  # AC-GAN: D predicts attributes
+        if attribute_loss is not None and not self.classifies:
+            raise FacesError(
+                "model.attribute_loss is set, but the discriminator has no attribute classifier: "
+                "set its conditioning: auxiliary (and data.attributes), or remove attribute_loss"
+            )
+        self.attribute_loss = attribute_loss if attribute_loss is not None or not self.classifies else AttributeLoss()
         if adversarial_weight == 0 and not any(isinstance(r, FeatureMatching) for r in self.g_regularizers):
             raise FacesError("G has no loss: adversarial_weight is 0 and g_regularizers has no FeatureMatching")
         seeded = torch.Generator().manual_seed(seed)
         self.register_buffer("fixed_latents", torch.randn(num_fixed_samples, self.latent_dim, generator=seeded))
+        if self.attribute_names:
+            # real attribute rows (0/1), drawn from the training data when fit starts and kept in
+            # checkpoints: fixed and evaluation samples get real combinations of attributes
+            self.register_buffer("attribute_pool", torch.zeros(ATTRIBUTE_POOL_SIZE, len(self.attribute_names)))
         if uses_virtual_batch_norm(self.generator):
             self.generator.set_reference(torch.randn(vbn_reference_size, self.latent_dim, generator=seeded))
         if ema_statistics_samples < 1:
@@ -259,7 +293,7 @@ class GAN(L.LightningModule):
         return optimizers, [{"scheduler": s, "interval": "step"} for s in schedulers]
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        real, _attributes = batch  # (B, 3, S, S) in [-1, 1]
+        real, real_attributes = batch  # (B, 3, S, S) in [-1, 1]; (B, A) in {0, 1}, A = 0 unconditional
         hp = self.hparams
         if hp.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
@@ -271,15 +305,21 @@ class GAN(L.LightningModule):
         # 1. D: learn to tell real from G's current fakes. D's passes go through its DDP
         # wrapper (and the augmentation) before one backward; G runs unwrapped (no gradients).
         discriminator = self._replicas.get("d", self.discriminator)
+        real_labels = self._labels(real_attributes)
 
-        def d_scores(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return discriminator(self.augment(images))
+        def d_scores(images: torch.Tensor, labels: torch.Tensor | None = real_labels) -> Scores:
+            return discriminator(self.augment(images), labels)
 
+        fake_labels = self.fake_attributes(real_labels, slot=0)
         with torch.no_grad():
-            fake = self.generator(self.training_latents(batch_size, slot=0))
-        real_logits, _ = d_scores(real)
-        fake_logits, fake_features = d_scores(fake)
+            fake = self.generator(self.training_latents(batch_size, slot=0), fake_labels)
+        real_logits, _, real_attribute_logits = d_scores(real)
+        fake_logits, fake_features, _ = d_scores(fake, fake_labels)
         d_loss = self.objective.discriminator_loss(real_logits, fake_logits)
+        if self.attribute_loss is not None:  # AC-GAN: D's head learns the real images' attributes
+            attribute_loss = self.attribute_loss.discriminator_loss(real_attribute_logits, real_labels)
+            logs["train/d_attribute_loss"] = attribute_loss.detach()
+            d_loss = d_loss + attribute_loss
         accuracy = objectives.accuracy(real_logits.detach(), fake_logits.detach(), self.objective.threshold)
         # skipping needs the accuracy on the host: the one sync in the step, only when asked
         # for. Ranks decide together on their mean accuracy: a rank that skipped D's backward
@@ -309,7 +349,7 @@ class GAN(L.LightningModule):
         # 2. G: fool the (just updated) D, every k-th batch or k times per batch
         if (self.iteration + 1) % hp.d_steps_per_g_step == 0:
             for g_step in range(hp.g_steps_per_d_step):
-                logs["train/g_loss"] = self._generator_step(g_opt, real, slot=1 + g_step, logs=logs)
+                logs["train/g_loss"] = self._generator_step(g_opt, real, real_labels, slot=1 + g_step, logs=logs)
 
         # every rank's batch-norm running statistics -> their mean
         if self.trainer.world_size > 1:
@@ -325,16 +365,28 @@ class GAN(L.LightningModule):
             self.progress = dict(zip(("d_loss", "D(x)", "D(G(z))"), values, strict=True))
         self.iteration += 1
 
-    def _generator_step(self, g_opt: Any, real: torch.Tensor, slot: int, logs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _generator_step(
+        self,
+        g_opt: Any,
+        real: torch.Tensor,
+        real_labels: torch.Tensor | None,
+        slot: int,
+        logs: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
         with self.toggled_optimizer(g_opt):  # D's parameters need no gradients here
             # through G's DDP wrapper (its gradients are averaged); D unwrapped and frozen
-            fake = self._replicas.get("g", self.generator)(self.training_latents(real.shape[0], slot))
+            fake_labels = self.fake_attributes(real_labels, slot)
+            fake = self._replicas.get("g", self.generator)(self.training_latents(real.shape[0], slot), fake_labels)
 
-            def g_scores(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                return self.discriminator(self.augment(images))
+            def g_scores(images: torch.Tensor, labels: torch.Tensor | None = real_labels) -> Scores:
+                return self.discriminator(self.augment(images), labels)
 
-            fake_logits, fake_features = g_scores(fake)
+            fake_logits, fake_features, fake_attribute_logits = g_scores(fake, fake_labels)
             g_loss = self.hparams.adversarial_weight * self.objective.generator_loss(fake_logits)
+            if self.attribute_loss is not None:  # AC-GAN: fakes should show the attributes asked for
+                attribute_loss = self.attribute_loss.generator_loss(fake_attribute_logits, fake_labels)
+                logs["train/g_attribute_loss"] = attribute_loss.detach()
+                g_loss = g_loss + attribute_loss
             step = Step(self.generator, real, fake, fake_features, g_scores, self.iteration)
             g_loss = g_loss + self._penalties(self.g_regularizers, step, "g", logs)
             g_opt.zero_grad(set_to_none=True)
@@ -394,7 +446,7 @@ class GAN(L.LightningModule):
             remaining = self.hparams.ema_statistics_samples
             while remaining > 0:
                 count = min(64, remaining)
-                self.generator_ema(self.sample_latents(count, seeded))
+                self.generator_ema(self.sample_latents(count, seeded), self.sample_attributes(count, seeded))
                 remaining -= count
         finally:
             self.generator_ema.train(was_training)
@@ -436,13 +488,46 @@ class GAN(L.LightningModule):
         latents = torch.randn(world * count, self.latent_dim, device=self.device, generator=self._latent_rng)
         return latents[rank * count : (rank + 1) * count]
 
+    def _labels(self, attributes: torch.Tensor) -> torch.Tensor | None:
+        """A batch's attributes as the networks take them: None for an unconditional GAN."""
+        return attributes.to(self.dtype) if self.attribute_names else None
+
+    def fake_attributes(self, real_labels: torch.Tensor | None, slot: int) -> torch.Tensor | None:
+        """The attributes G is asked for in training: the real batch's rows in a random order.
+
+        They are rows of random training images, so fakes are asked for combinations in the
+        proportions the data has, never impossible ones; the order is drawn from (seed,
+        iteration, slot), as the latents are.
+        """
+        if real_labels is None:
+            return None
+        key = np.random.SeedSequence([self.hparams.seed, self.iteration, slot, 1]).generate_state(1, np.uint64)[0]
+        order = torch.randperm(real_labels.shape[0], generator=torch.Generator().manual_seed(int(key >> 1)))
+        return real_labels[order.to(real_labels.device)]
+
+    def sample_attributes(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """``count`` real attribute rows (count, A) drawn from the pool; None when unconditional."""
+        if not self.attribute_names:
+            return None
+        pool = self.attribute_pool
+        picked = torch.randint(len(pool), (count,), device=pool.device, generator=generator)
+        return pool[picked]
+
+    @property
+    def fixed_attributes(self) -> torch.Tensor | None:
+        """The attributes of the fixed latents (the pool's first rows); None when unconditional."""
+        return self.attribute_pool[: len(self.fixed_latents)] if self.attribute_names else None
+
     @torch.no_grad()
-    def generate(self, latents: torch.Tensor, ema: bool = True) -> torch.Tensor:
+    def generate(self, latents: torch.Tensor, attributes: torch.Tensor | None = None, ema: bool = True) -> torch.Tensor:
         """Renders latents (B, latent_dim) into images (B, 3, S, S) in [-1, 1].
 
-        Uses G's EMA when there is one (unless ``ema`` is False), in eval mode (batch-norm
-        running statistics; the EMA's are estimated for its own weights first).
+        A conditional GAN needs ``attributes`` (B, A) in {0, 1}, in the order of
+        ``attribute_names``. Uses G's EMA when there is one (unless ``ema`` is False), in eval
+        mode (batch-norm running statistics; the EMA's are estimated for its own weights first).
         """
+        if self.attribute_names and attributes is None:
+            raise FacesError(f"this GAN is conditioned on {', '.join(self.attribute_names)}: pass their values")
         generator = self.generator
         if ema and self.hparams.ema_decay is not None:
             self.refresh_ema_statistics()
@@ -450,7 +535,8 @@ class GAN(L.LightningModule):
         was_training = generator.training
         generator.eval()
         try:
-            return generator(latents.to(self.device))
+            labels = None if attributes is None or not self.attribute_names else attributes.to(self.device, self.dtype)
+            return generator(latents.to(self.device), labels)
         finally:
             generator.train(was_training)
 
@@ -462,14 +548,16 @@ class GAN(L.LightningModule):
         self._evaluate(batch, batch_idx, "test")
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, prefix: str) -> None:
-        real, _ = batch
+        real, real_attributes = batch
+        real_labels = self._labels(real_attributes)
+        fake_labels = self.fake_attributes(real_labels, slot=batch_idx)
         # the same latents for batch i at every evaluation, so numbers compare across epochs
         # (and different latents on each rank, whose batch i holds different images)
         rank, world = self.trainer.global_rank, self.trainer.world_size
         seeded = torch.Generator(device=self.device).manual_seed(self.hparams.seed + 1 + batch_idx * world + rank)
-        fake = self.generator(self.sample_latents(real.shape[0], seeded))
-        real_logits, _ = self.discriminator(real)
-        fake_logits, _ = self.discriminator(fake)
+        fake = self.generator(self.sample_latents(real.shape[0], seeded), fake_labels)
+        real_logits = self.discriminator(real, real_labels).logits
+        fake_logits = self.discriminator(fake, fake_labels).logits
         objective = self.objective  # in eval mode here: no label smoothing
         metrics = {
             f"{prefix}/d_loss": objective.discriminator_loss(real_logits, fake_logits),
@@ -480,13 +568,33 @@ class GAN(L.LightningModule):
         }
         self.log_dict(metrics, on_epoch=True, batch_size=real.shape[0], sync_dist=True)
 
-    def predict_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
-        """Turns sample indices into images; index i always gives the same face for a checkpoint."""
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Turns sample indices into images; index i always gives the same face for a checkpoint.
+
+        A conditional GAN gives image i the attributes of pool row i, with those the user asked
+        for (``data.predict_attributes``) set to the values asked, and attributes exclusive with
+        one asked on switched off.
+        """
+        indices, values, asked = batch if isinstance(batch, (list, tuple)) else (batch, None, None)
         latents = torch.stack(
-            [torch.randn(self.latent_dim, generator=torch.Generator().manual_seed(int(i))) for i in batch]
+            [torch.randn(self.latent_dim, generator=torch.Generator().manual_seed(int(i))) for i in indices]
         )
-        images = self.generate(latents)
-        return {"indices": batch.cpu(), "images": to_uint8(images).cpu()}
+        attributes = None
+        if self.attribute_names:
+            if values is None or values.shape[1] != len(self.attribute_names):
+                raise FacesError(
+                    f"the model is conditioned on {' '.join(self.attribute_names)}: set data.attributes to them"
+                )
+            pool = self.attribute_pool
+            attributes = pool[indices.to(pool.device) % len(pool)]
+            asked, values = asked[0].bool().tolist(), values[0].to(pool)  # the same for every image
+            for column, name in enumerate(self.attribute_names):
+                if asked[column] and values[column] == 1:
+                    attributes = switch_on(attributes, self.attribute_names, name)  # Black_Hair=1: not blond
+            for column in (c for c, on in enumerate(asked) if on):
+                attributes[:, column] = values[column]
+        images = self.generate(latents, attributes)
+        return {"indices": indices.cpu(), "images": to_uint8(images).cpu()}
 
     def on_fit_start(self) -> None:
         if self.device.type == "cpu" and any(isinstance(m, nn.SyncBatchNorm) for m in self.modules()):
@@ -494,8 +602,21 @@ class GAN(L.LightningModule):
                 "trainer.sync_batchnorm needs GPUs (torch's SyncBatchNorm does not run on CPU): "
                 "on CPU set it to false, or give the networks norm: virtual or none"
             )
+        if self.attribute_names and self.iteration == 0:
+            self.attribute_pool.copy_(self._training_attribute_rows())
         if uses_virtual_batch_norm(self.discriminator) and self.discriminator.reference is None:
             self.discriminator.set_reference(self._reference_images())
+
+    def _training_attribute_rows(self) -> torch.Tensor:
+        """Attribute rows of random training images (the same on every rank), for the pool."""
+        data = self.trainer.datamodule
+        names = tuple(getattr(data, "attributes", ()))
+        if names != self.attribute_names:
+            raise FacesError(
+                f"the GAN is conditioned on {list(self.attribute_names)} but data.attributes is {list(names)}: "
+                "set data.attributes to the GAN's"
+            )
+        return data.attribute_rows(ATTRIBUTE_POOL_SIZE, self.hparams.seed).to(self.attribute_pool)
 
     def _reference_images(self) -> torch.Tensor:
         """A fixed batch of real training images for D's virtual batch norm, in [-1, 1]."""

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_faces.errors import FacesError
+
 LabelSmoothing = Literal["none", "one_sided", "random"]
 
 ONE_SIDED_REAL = 0.9  # Salimans et al.: smooth only the real side, 1 -> 0.9
@@ -62,6 +64,16 @@ def least_squares_discriminator_loss(real_logits: torch.Tensor, fake_logits: tor
 def least_squares_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """LSGAN's G loss (c=1): 1/2 E (D(G(z)) - 1)^2."""
     return 0.5 * (fake_logits - 1.0).square().mean()
+
+
+def attribute_cross_entropy(attribute_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Multi-label BCE, averaged over images and attributes: -[y log s(l) + (1 - y) log(1 - s(l))]."""
+    return F.binary_cross_entropy_with_logits(attribute_logits, targets)
+
+
+def smoothed_attributes(attributes: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Targets pulled toward 1/2 by ``smoothing``: 1 -> 1 - s/2, 0 -> s/2 (label smoothing)."""
+    return attributes * (1.0 - smoothing) + 0.5 * smoothing
 
 
 def accuracy(real_logits: torch.Tensor, fake_logits: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
@@ -165,3 +177,35 @@ class LeastSquares(Objective):
 
     def probability(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.clamp(0.0, 1.0)  # D's output is already on the 0..1 scale
+
+
+class AttributeLoss(nn.Module):
+    """AC-GAN's auxiliary classification (Odena et al., 2017), for multi-label attributes.
+
+    D's classifier head learns the attributes of real images; G learns to make fakes the head
+    reads as the attributes it was asked for. D's head learns from real images only (not from
+    G's fakes, as AC-GAN also did): early fakes show no attributes, and fitting their labels
+    would teach the head nonsense.
+
+    Args:
+        weight: weight of the attribute BCE in both players' losses.
+        smoothing: D's targets pulled toward 1/2 by this much in training (0.1: 1 -> 0.95,
+            0 -> 0.05), like the real/fake label smoothing; G's targets stay 0/1.
+    """
+
+    def __init__(self, weight: float = 1.0, smoothing: float = 0.0) -> None:
+        super().__init__()
+        if weight < 0 or not 0 <= smoothing < 1:
+            raise FacesError(
+                f"model.attribute_loss needs weight >= 0 and 0 <= smoothing < 1, got {weight} and {smoothing}"
+            )
+        self.weight, self.smoothing = weight, smoothing
+
+    def discriminator_loss(self, real_attribute_logits: torch.Tensor, real_attributes: torch.Tensor) -> torch.Tensor:
+        smoothing = self.smoothing if self.training else 0.0
+        return self.weight * attribute_cross_entropy(
+            real_attribute_logits, smoothed_attributes(real_attributes, smoothing)
+        )
+
+    def generator_loss(self, fake_attribute_logits: torch.Tensor, fake_attributes: torch.Tensor) -> torch.Tensor:
+        return self.weight * attribute_cross_entropy(fake_attribute_logits, fake_attributes)

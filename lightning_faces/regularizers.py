@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from lightning_faces.errors import FacesError
+from lightning_faces.nets.contract import Scores
 
-Scores = tuple[torch.Tensor, torch.Tensor]  # D's (logits (B,), features (B, ...))
-Score = Callable[[torch.Tensor], Scores]  # images -> D(augment(images))
+Score = Callable[[torch.Tensor], Scores]  # images -> D(augment(images)), with the real images' attributes
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Step:
     real: torch.Tensor  # (B, 3, S, S) in [-1, 1], before augmentation
     fake: torch.Tensor  # G's images, before augmentation (with gradients in G's update)
     fake_features: torch.Tensor  # D's features of the fakes, as the loss saw them
-    score: Score  # images -> D(augment(images)); in D's update through D's DDP
+    score: Score  # images -> D(augment(images), real attributes); in D's update through D's DDP
     d_steps: int  # D updates before this one (lazy regularization)
 
 
@@ -49,7 +49,7 @@ def feature_matching_loss(real_features: torch.Tensor, fake_features: torch.Tens
 def input_gradient_penalty(score: Score, images: torch.Tensor) -> torch.Tensor:
     """E ||grad_x D(x)||^2 over ``images``, differentiable in D's parameters (double backward)."""
     images = images.detach().requires_grad_(True)
-    logits, _ = score(images)
+    logits = score(images).logits
     (gradient,) = torch.autograd.grad(logits.sum(), images, create_graph=True)  # (B, 3, S, S)
     return gradient.square().sum(dim=(1, 2, 3)).mean()
 
@@ -58,7 +58,7 @@ def gradient_norm_penalty(score: Score, real: torch.Tensor, fake: torch.Tensor) 
     """WGAN-GP: E (||grad D(x_hat)|| - 1)^2 at x_hat = e x + (1 - e) G(z), e ~ U(0, 1) per image."""
     mix = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
     between = (mix * real.detach() + (1 - mix) * fake.detach()).requires_grad_(True)
-    logits, _ = score(between)
+    logits = score(between).logits
     (gradient,) = torch.autograd.grad(logits.sum(), between, create_graph=True)
     return (gradient.flatten(1).norm(dim=1) - 1.0).square().mean()
 
@@ -148,7 +148,7 @@ class FeatureMatching(Regularizer):
 
     def penalty(self, step: Step) -> torch.Tensor:
         with torch.no_grad():
-            _, real_features = step.score(step.real)
+            real_features = step.score(step.real).features
         return self.weight * feature_matching_loss(real_features, step.fake_features)
 
 

@@ -156,7 +156,8 @@ def _batches(source: str, image_size: int, args: argparse.Namespace, device: tor
         seeded = torch.Generator(device=device).manual_seed(0)
         for start in range(0, args.num_samples, args.batch_size):
             count = min(args.batch_size, args.num_samples - start)
-            yield to_uint8(model.generate(model.sample_latents(count, seeded), ema=args.generator == "ema"))
+            latents, attributes = model.sample_latents(count, seeded), model.sample_attributes(count, seeded)
+            yield to_uint8(model.generate(latents, attributes, ema=args.generator == "ema"))
         return
     path = Path(source)
     if not path.exists():

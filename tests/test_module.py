@@ -20,8 +20,8 @@ from tests.conftest import tiny_gan
 make_model = tiny_gan
 
 
-def train(tmp_path, model: GAN, steps: int, callbacks=(), **trainer_kwargs) -> L.Trainer:
-    data = SyntheticFacesDataModule(num_images=32, num_val_images=0, image_size=16, batch_size=8)
+def train(tmp_path, model: GAN, steps: int, callbacks=(), data=None, **trainer_kwargs) -> L.Trainer:
+    data = data or SyntheticFacesDataModule(num_images=32, num_val_images=0, image_size=16, batch_size=8)
     trainer = L.Trainer(
         accelerator="cpu",
         max_steps=steps,

@@ -14,7 +14,7 @@ def test_generator_and_discriminator_shapes_at_every_supported_size(image_size):
     images = g(torch.randn(3, 16))
     assert images.shape == (3, 3, image_size, image_size)
     assert images.min() >= -1 and images.max() <= 1  # tanh output
-    logits, features = d(images)
+    logits, features, _ = d(images)
     assert logits.shape == (3,)
     assert features.shape == (3, 8 * image_size // 8, 4, 4)  # last hidden block: 4x4
 
@@ -47,7 +47,7 @@ def test_unsupported_image_size_is_refused(bad_size):
 
 def test_feature_layer_picks_the_block_and_checks_its_range():
     d = Discriminator(width=4, image_size=32, feature_layer=0)
-    _, features = d(torch.randn(2, 3, 32, 32))
+    features = d(torch.randn(2, 3, 32, 32)).features
     assert features.shape == (2, 4, 16, 16)
     with pytest.raises(FacesError, match="feature_layer 7 is out of range"):
         Discriminator(width=4, image_size=32, feature_layer=7)
@@ -94,7 +94,7 @@ def test_resnet_networks_keep_the_contract_at_every_size(image_size):
     g, d = ResNetGenerator(latent_dim=16, width=4, image_size=image_size), ResNetDiscriminator(4, image_size)
     images = g(torch.randn(3, 16))
     assert images.shape == (3, 3, image_size, image_size) and images.abs().max() <= 1
-    logits, features = d(images)
+    logits, features, _ = d(images)
     assert logits.shape == (3,) and features.shape[0] == 3 and features.dim() == 2  # pooled features
     assert g.latent_dim == 16 and g.image_size == image_size
 

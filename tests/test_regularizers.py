@@ -6,6 +6,7 @@ from torch import nn
 
 from lightning_faces.augment import DiffAugment
 from lightning_faces.errors import FacesError
+from lightning_faces.nets import Scores
 from lightning_faces.objectives import Hinge
 from lightning_faces.regularizers import R1, FeatureMatching, GradientPenalty, Step
 from tests.conftest import tiny_gan
@@ -19,8 +20,8 @@ class LinearCritic(nn.Module):
         super().__init__()
         self.w = nn.Parameter(torch.full((1, 3, 2, 2), 0.5))  # ||w||^2 = 12 * 0.25 = 3
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return (x * self.w).sum(dim=(1, 2, 3)), x.flatten(1)
+    def forward(self, x: torch.Tensor) -> Scores:
+        return Scores((x * self.w).sum(dim=(1, 2, 3)), x.flatten(1))
 
 
 def step_with(critic: nn.Module, iteration: int = 0) -> Step:

@@ -248,5 +248,5 @@ def test_job_array_runs_every_task_with_its_sweep_value(cluster, workspace):
         log = (workspace / "slurm" / "logs" / f"faces-sweep-{job}_{task}.out").read_text()
         assert f"array task {task}: --model.ema_decay" in log
         run = workspace / "runs" / "sweep" / f"slurm-{job}_{task}"
-        assert yaml.safe_load((run / "config.yaml").read_text())["model"]["ema_decay"] == value
+        assert yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["ema_decay"] == value
         assert load(run / "checkpoints" / "last.ckpt")["global_step"] == 4

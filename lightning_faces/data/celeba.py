@@ -5,23 +5,18 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import Dataset
 
+from lightning_faces.data.attributes import CELEBA_ATTRIBUTES
 from lightning_faces.data.datamodule import FaceDataModule, Split
 from lightning_faces.data.images import IMAGE_SUFFIXES, check_crop, load_face
 from lightning_faces.errors import FacesError
 
-CELEBA_ATTRIBUTES = (
-    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose "
-    "Black_Hair Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee "
-    "Gray_Hair Heavy_Makeup High_Cheekbones Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard "
-    "Oval_Face Pale_Skin Pointy_Nose Receding_Hairline Rosy_Cheeks Sideburns Smiling Straight_Hair "
-    "Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young"
-).split()
 _PARTITION_IDS = {"train": 0, "valid": 1, "test": 2}
 
 
@@ -170,10 +165,13 @@ class CelebADataModule(FaceDataModule):
         flip: bool = True,
         samples_per_epoch: int | None = None,
         predict_samples: int = 64,
+        attributes: list[str] | str | None = None,
+        predict_attributes: str | None = None,
         prepared: bool = True,
         prepared_dir: str | None = None,
     ) -> None:
-        super().__init__(image_size, batch_size, num_workers, flip, samples_per_epoch, predict_samples)
+        shared = (image_size, batch_size, num_workers, flip, samples_per_epoch, predict_samples)
+        super().__init__(*shared, attributes, predict_attributes)
         self.data_dir, self.split, self.val_split = data_dir, split, val_split
         self.crop, self.download = check_crop(crop), download
         self.prepared, self.prepared_dir = prepared, prepared_dir

@@ -1,14 +1,15 @@
 """The base LightningDataModule of every face source, and the resumable sampler it trains with.
 
-Every dataset yields ``(image, attributes)``: image is uint8 (3, S, S), attributes float (A,) in
-{0, 1} (A = 40 for CelebA, 0 for a plain folder). Images stay uint8 until they reach the device,
-where ``on_after_batch_transfer`` scales them to [-1, 1] and flips them (cheap on any device, and
-it keeps the loader workers light).
+Every dataset yields ``(image, attributes)``: image is uint8 (3, S, S), attributes float (40,) in
+{0, 1} (CelebA's, in its order; none for a plain folder). Images stay uint8 until they reach the
+device, where ``on_after_batch_transfer`` scales them to [-1, 1], flips them (cheap on any device,
+and it keeps the loader workers light) and keeps the attribute columns the run conditions on.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -16,6 +17,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from lightning_faces.data.attributes import (
+    attribute_columns,
+    dataset_attributes,
+    parse_attribute_values,
+    select_attributes,
+)
 from lightning_faces.data.images import to_float
 from lightning_faces.data.prepared import PreparedImages, check, ensure, prepared_folder
 from lightning_faces.data.prepared import collate as prepared_collate
@@ -58,16 +65,20 @@ class EpochSampler(DistributedSampler):
 
 
 class LatentSeeds(Dataset):
-    """Indices 0..n-1 for ``predict``: the module turns each into a latent seeded by it."""
+    """What ``predict`` renders: index i, and the attribute values asked for.
 
-    def __init__(self, count: int) -> None:
-        self.count = count
+    Each item is ``(i, values, asked)``: the module turns i into a latent seeded by it, and sets
+    the attributes where ``asked`` is 1 to ``values`` (the others come from real faces).
+    """
+
+    def __init__(self, count: int, values: torch.Tensor, asked: torch.Tensor) -> None:
+        self.count, self.values, self.asked = count, values, asked
 
     def __len__(self) -> int:
         return self.count
 
-    def __getitem__(self, index: int) -> int:
-        return index
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+        return index, self.values, self.asked
 
 
 def available_cpus() -> int:
@@ -91,7 +102,13 @@ class FaceDataModule(L.LightningDataModule):
         samples_per_epoch: train each epoch on a fresh random subset of this many images
             (short epochs on a big dataset); ``None`` uses every image once per epoch.
         predict_samples: how many images ``predict`` generates.
+        attributes: CelebA attributes to condition on, by name (``[Male, Eyeglasses]``), ``all``
+            for the 40, or none (unconditional); the CLI links them into the networks.
+        predict_attributes: attribute values ``predict`` asks for, e.g. ``Eyeglasses=1,Male=0``;
+            the others are taken from real faces.
     """
+
+    has_attributes = True  # False for sources without attribute labels (a plain folder)
 
     def __init__(
         self,
@@ -101,6 +118,8 @@ class FaceDataModule(L.LightningDataModule):
         flip: bool = True,
         samples_per_epoch: int | None = None,
         predict_samples: int = 64,
+        attributes: list[str] | str | None = None,
+        predict_attributes: str | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -114,6 +133,14 @@ class FaceDataModule(L.LightningDataModule):
         self.flip = flip
         self.samples_per_epoch = samples_per_epoch
         self.predict_samples = predict_samples
+        self.attributes = select_attributes(attributes)
+        if self.attributes and not self.has_attributes:
+            raise FacesError(
+                f"{type(self).__name__} images have no attribute labels, so data.attributes must be empty "
+                "(conditioning needs CelebADataModule or SyntheticFacesDataModule)"
+            )
+        self.attribute_columns = attribute_columns(self.attributes)
+        self.predict_attributes = parse_attribute_values(predict_attributes, self.attributes)
         self.train_set: Dataset | None = None
         self._resume_position: dict[str, int] | None = None  # from a checkpoint (load_state_dict)
         self._flip_rng: torch.Generator | None = None
@@ -263,12 +290,25 @@ class FaceDataModule(L.LightningDataModule):
         return self._loader(self.test_set, train=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(LatentSeeds(self.predict_samples), batch_size=self.batch_size)
+        values, asked = torch.zeros(len(self.attributes)), torch.zeros(len(self.attributes))
+        for name, value in self.predict_attributes.items():
+            values[self.attributes.index(name)], asked[self.attributes.index(name)] = value, 1.0
+        return DataLoader(LatentSeeds(self.predict_samples, values, asked), batch_size=self.batch_size)
+
+    def attribute_rows(self, count: int, seed: int) -> torch.Tensor:
+        """The conditioning attributes (count, A) of ``count`` training images drawn at random
+        (seeded, with replacement): real combinations, in the data's own proportions."""
+        dataset = self.train_set if self.train_set is not None else self.train_dataset()
+        rows = dataset_attributes(dataset)
+        picked = torch.randint(len(rows), (count,), generator=torch.Generator().manual_seed(seed))
+        return rows[picked][:, self.attribute_columns].float()
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self.trainer is not None and self.trainer.predicting:
             return batch
         images, attributes = batch
+        if attributes.ndim == 2 and attributes.shape[1] > 0:
+            attributes = attributes[:, self.attribute_columns]  # (B, 40) -> (B, A), the run's own
         images = to_float(images)  # uint8 (B, 3, S, S) -> float in [-1, 1]
         if self.flip and self.trainer is not None and self.trainer.training:
             # drawn from (seed, iteration, rank), not the global RNG (which checkpoints do not

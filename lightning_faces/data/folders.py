@@ -11,6 +11,7 @@ from lightning_faces.data.datamodule import FaceDataModule, Split
 from lightning_faces.data.images import IMAGE_SUFFIXES, check_crop, load_face
 from lightning_faces.errors import FacesError
 
+
 class ImageFolder(Dataset):
     """Any folder of face images (searched recursively), e.g. FFHQ thumbnails; no attributes."""
 
@@ -44,8 +45,10 @@ class ImageFolderDataModule(FaceDataModule):
             ``False`` decodes the image files on every access.
         prepared_dir: where prepared arrays live (``None``: ``~/.cache/lightning_faces/prepared``);
             one folder per source, split, size and crop.
-        **kwargs: see ``FaceDataModule``.
+        **kwargs: see ``FaceDataModule`` (``attributes`` must stay empty: a folder has none).
     """
+
+    has_attributes = False
 
     def __init__(
         self,
@@ -57,10 +60,13 @@ class ImageFolderDataModule(FaceDataModule):
         flip: bool = True,
         samples_per_epoch: int | None = None,
         predict_samples: int = 64,
+        attributes: list[str] | str | None = None,
+        predict_attributes: str | None = None,
         prepared: bool = True,
         prepared_dir: str | None = None,
     ) -> None:
-        super().__init__(image_size, batch_size, num_workers, flip, samples_per_epoch, predict_samples)
+        shared = (image_size, batch_size, num_workers, flip, samples_per_epoch, predict_samples)
+        super().__init__(*shared, attributes, predict_attributes)
         self.data_dir, self.crop = data_dir, check_crop(crop)
         self.prepared, self.prepared_dir = prepared, prepared_dir
         if prepared and num_workers is None:

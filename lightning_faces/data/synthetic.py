@@ -1,10 +1,12 @@
 """Procedurally drawn faces: the embedded default dataset that needs no download.
 
 Each face is drawn with pillow from a seed: background, skin tone, head shape and pose, hair
-(style and colour), eyes, brows, nose, mouth, and sometimes glasses, beard or lipstick. The
+(style and colour), eyes, brows, nose, mouth, and sometimes glasses, beard, moustache, forehead
+lines (age) or lipstick. The
 drawing is done at twice the target size and downsampled, so edges are antialiased. Each image
-also gets the CelebA attributes it shows (hair colour, smiling, eyeglasses, ...), so conditional
-models can be tried on it too. Image ``i`` of seed ``s`` is the same on every machine.
+also gets the CelebA attributes it shows, and only what it shows (hair colour, bangs, smiling or
+open mouth, eyeglasses, goatee, moustache, pale skin, young, ...), so conditional training and its
+measurement run offline against ground truth. Image ``i`` of seed ``s`` is the same on every machine.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset, TensorDataset
 
-from lightning_faces.data.celeba import CELEBA_ATTRIBUTES
+from lightning_faces.data.attributes import CELEBA_ATTRIBUTES
 from lightning_faces.data.datamodule import FaceDataModule, Split
 from lightning_faces.errors import FacesError
 
@@ -69,7 +71,11 @@ def draw_face(rng: random.Random, size: int) -> tuple[Image.Image, set[str]]:
     skin = _jitter(SKIN_TONES[skin_index], rng, 10)
     if skin_index == 0:
         attributes.add("Pale_Skin")
-    hair_name = rng.choice(list(HAIR_COLORS))
+    young = rng.random() < 0.7
+    if young:
+        attributes.add("Young")
+    # older faces: mostly grey hair, and forehead lines (drawn below)
+    hair_name = "Gray_Hair" if not young and rng.random() < 0.6 else rng.choice(list(HAIR_COLORS)[:3])
     hair = _jitter(HAIR_COLORS[hair_name], rng, 12)
     cx, cy = 50 + rng.uniform(-4, 4), 52 + rng.uniform(-3, 3)
     half_w, half_h = rng.uniform(17, 22), rng.uniform(23, 28)
@@ -105,13 +111,20 @@ def draw_face(rng: random.Random, size: int) -> tuple[Image.Image, set[str]]:
         if rng.random() < 0.35:
             attributes.add("Bangs")
             draw.chord(box(cx + yaw * 6, cy - 10, half_w - 1, 9), 0, 180, fill=hair)
-    # beard and moustache
-    if male and rng.random() < 0.35:
-        beard = _shade(hair, 0.9) if style != "bald" else (50, 40, 35)
-        draw.chord(box(cx + yaw * 5, cy + 8, half_w - 1, half_h - 6), 20, 160, fill=beard)
-        attributes.add("Goatee" if rng.random() < 0.3 else "Mustache")
-    else:
+    # a chin beard (CelebA's Goatee) and, drawn with the mouth below, a moustache
+    facial_hair = _shade(hair, 0.9) if style != "bald" else (50, 40, 35)
+    if male and rng.random() < 0.3:
+        draw.chord(box(cx + yaw * 5, cy + 8, half_w - 1, half_h - 6), 20, 160, fill=facial_hair)
+        attributes.add("Goatee")
+    moustache = male and rng.random() < 0.3
+    if moustache:
+        attributes.add("Mustache")
+    if not attributes & {"Goatee", "Mustache"}:
         attributes.add("No_Beard")
+    if not young:
+        for line in (0, 1):
+            y = cy - half_h * 0.55 + line * 2.2
+            draw.line([(cx - 7) * s, y * s, (cx + 7) * s, y * s], fill=_shade(skin, 0.75), width=max(1, int(0.8 * s)))
     if male:
         attributes.add("Male")
     # eyes and brows slide with the yaw
@@ -172,6 +185,8 @@ def draw_face(rng: random.Random, size: int) -> tuple[Image.Image, set[str]]:
         draw.line(
             [(fx - mouth_w) * s, mouth_y * s, (fx + mouth_w) * s, mouth_y * s], fill=lips, width=max(1, int(1.8 * s))
         )
+    if moustache:
+        draw.rounded_rectangle(box(fx, mouth_y - 3.2, mouth_w + 0.5, 1.4), radius=1.2 * s, fill=facial_hair)
     if rng.random() < 0.3:
         attributes.add("Rosy_Cheeks")
         for side in (-1, 1):
@@ -181,8 +196,6 @@ def draw_face(rng: random.Random, size: int) -> tuple[Image.Image, set[str]]:
     roll = rng.uniform(-12, 12)
     layer = layer.rotate(roll, resample=Image.Resampling.BICUBIC, center=(cx * s, cy * s))
     canvas.paste(layer, (0, 0), layer)
-    if rng.random() < 0.5:
-        attributes.add("Young")
     # zoom 1.25x around the head, so the face fills the frame as in CelebA's usual crop
     margin = 0.1 * size
     canvas = canvas.resize((size, size), Image.Resampling.BICUBIC, box=(margin, margin, size - margin, size - margin))
@@ -226,9 +239,12 @@ class SyntheticFacesDataModule(FaceDataModule):
         flip: bool = True,
         samples_per_epoch: int | None = None,
         predict_samples: int = 64,
+        attributes: list[str] | str | None = None,
+        predict_attributes: str | None = None,
     ) -> None:
         # num_workers 0: the images are already in memory, so worker processes only add copies
-        super().__init__(image_size, batch_size, num_workers, flip, samples_per_epoch, predict_samples)
+        shared = (image_size, batch_size, num_workers, flip, samples_per_epoch, predict_samples)
+        super().__init__(*shared, attributes, predict_attributes)
         self.num_images, self.num_val_images, self.seed = num_images, num_val_images, seed
 
     def train_dataset(self) -> Dataset:

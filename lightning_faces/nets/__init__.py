@@ -1,6 +1,7 @@
 """Generators and discriminators: plain ``nn.Module``s, one family per file (see ``contract``)."""
 
+from lightning_faces.nets.contract import Scores
 from lightning_faces.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from lightning_faces.nets.resnet import ResNetDiscriminator, ResNetGenerator
 
-__all__ = ["DCGANDiscriminator", "DCGANGenerator", "ResNetDiscriminator", "ResNetGenerator"]
+__all__ = ["Scores", "DCGANDiscriminator", "DCGANGenerator", "ResNetDiscriminator", "ResNetGenerator"]

@@ -1,18 +1,23 @@
 """What every generator and discriminator promises the GAN, whatever its architecture.
 
 - ``G(z, labels=None) -> images``: latents (B, G.latent_dim) to images (B, 3, S, S) in [-1, 1],
-  with ``G.latent_dim`` and ``G.image_size`` attributes.
-- ``D(x, labels=None) -> (logits, features)``: images (B, 3, S, S) to real/fake scores (B,),
-  and the activations (B, ...) of one hidden layer, which feature matching compares.
+  with ``G.latent_dim``, ``G.image_size`` and ``G.attributes`` (names, empty if unconditional).
+- ``D(x, labels=None) -> Scores(logits, features, attribute_logits)``: images (B, 3, S, S) to
+  real/fake scores (B,), the activations (B, ...) of one hidden layer, which feature matching
+  compares, and, for a D with an auxiliary classifier, attribute logits (B, A) (else None).
 
-``labels`` is for conditional networks (CelebA's attributes); unconditional ones ignore it. The
-networks are plain ``nn.Module``s with no Lightning inside, chosen in YAML by ``class_path``;
-the CLI links ``data.image_size`` into both.
+``labels`` (B, A) in {0, 1} are the attributes a conditional network is given (CelebA's, in the
+order of its ``attributes``); unconditional ones ignore them. The networks are plain
+``nn.Module``s with no Lightning inside, chosen in YAML by ``class_path``; the CLI links
+``data.image_size`` and ``data.attributes`` into both.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
+
+import torch
 
 from lightning_faces.errors import FacesError
 
@@ -25,3 +30,11 @@ def check_image_size(image_size: int, networks: str) -> int:
             f"image_size {image_size} is not supported by {networks}: use a power of two from 16 up (32, 64, 128, ...)"
         )
     return depth
+
+
+class Scores(NamedTuple):
+    """What D says about a batch of images."""
+
+    logits: torch.Tensor  # (B,) real/fake scores
+    features: torch.Tensor  # (B, ...) one hidden layer's activations (feature matching)
+    attribute_logits: torch.Tensor | None = None  # (B, A) from an auxiliary classifier

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from lightning_faces.errors import FacesError
-from lightning_faces.nets.contract import check_image_size
+from lightning_faces.nets.conditioning import AttributeHead, ConditionalInput, Conditioning
+from lightning_faces.nets.contract import Scores, check_image_size
 from lightning_faces.nets.virtual_batch_norm import ReferenceBatchMixin, VirtualBatchNorm2d, uses_virtual_batch_norm
 
 Norm = Literal["batch", "virtual", "none"]
@@ -34,7 +35,17 @@ def _channels(width: int, image_size: int, resolution: int) -> int:
 
 
 class DCGANGenerator(ReferenceBatchMixin, nn.Module):
-    """Maps latents (B, latent_dim) to images (B, channels, image_size, image_size) in [-1, 1]."""
+    """Maps latents (B, latent_dim) to images (B, channels, image_size, image_size) in [-1, 1].
+
+    Args:
+        latent_dim: size of z.
+        width: channels of the last hidden layer; earlier ones double it.
+        image_size: side of the images, a power of two >= 16 (linked from the data).
+        channels: image channels.
+        norm: ``batch``, ``virtual`` (Salimans et al.) or ``none``.
+        attributes: attribute names G is conditioned on (linked from ``data.attributes``;
+            empty: unconditional); they are concatenated with z as +-1.
+    """
 
     def __init__(
         self,
@@ -43,14 +54,19 @@ class DCGANGenerator(ReferenceBatchMixin, nn.Module):
         image_size: int = 64,
         channels: int = 3,
         norm: Norm = "batch",
+        attributes: list[str] | None = None,
     ) -> None:
         super().__init__()
         depth = check_image_size(image_size, "the DCGAN networks")
         self.latent_dim, self.image_size = latent_dim, image_size
+        self.attributes = list(attributes or [])
+        if self.attributes and norm == "virtual":
+            raise FacesError("virtual batch norm in G has no conditional form: use norm batch with attributes")
+        self.input = ConditionalInput(self.attributes)
         first = _channels(width, image_size, 4)
         layers: list[nn.Module] = [
-            # (B, latent_dim, 1, 1) -> (B, first, 4, 4): the "project and reshape" step as a conv
-            nn.ConvTranspose2d(latent_dim, first, 4, 1, 0, bias=False),
+            # (B, latent_dim + A, 1, 1) -> (B, first, 4, 4): the "project and reshape" step as a conv
+            nn.ConvTranspose2d(latent_dim + len(self.attributes), first, 4, 1, 0, bias=False),
             _norm_layer(norm, first),
             nn.ReLU(inplace=True),
         ]
@@ -77,14 +93,25 @@ class DCGANGenerator(ReferenceBatchMixin, nn.Module):
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if uses_virtual_batch_norm(self):
             self._collect_reference_statistics()
-        return self._body(z)
+        return self._body(self.input(z, labels))
 
 
 class DCGANDiscriminator(ReferenceBatchMixin, nn.Module):
     """Maps images (B, channels, S, S) to real/fake logits (B,) and intermediate features.
 
-    ``forward`` returns ``(logits, features)``: features are the activations of the block
-    ``feature_layer`` (index into the hidden blocks, -1 the last), used by feature matching.
+    ``forward`` returns ``Scores(logits, features, attribute_logits)``: features are the
+    activations of the block ``feature_layer`` (index into the hidden blocks, -1 the last), used
+    by feature matching.
+
+    Args:
+        width: channels of the first block; later ones double it.
+        image_size: side of the images, a power of two >= 16 (linked from the data).
+        channels: image channels.
+        norm: ``batch``, ``virtual`` (Salimans et al.) or ``none``.
+        feature_layer: the block whose activations ``features`` are.
+        attributes: attribute names D is conditioned on (linked from ``data.attributes``).
+        conditioning: how D uses them: ``projection`` or ``auxiliary`` (a classifier head);
+            both read the last block, as the real/fake head does (see ``nets.conditioning``).
     """
 
     def __init__(
@@ -94,6 +121,8 @@ class DCGANDiscriminator(ReferenceBatchMixin, nn.Module):
         channels: int = 3,
         norm: Norm = "batch",
         feature_layer: int = -1,
+        attributes: list[str] | None = None,
+        conditioning: Conditioning = "projection",
     ) -> None:
         super().__init__()
         depth = check_image_size(image_size, "the DCGAN networks")
@@ -121,21 +150,27 @@ class DCGANDiscriminator(ReferenceBatchMixin, nn.Module):
                 f"image_size {image_size}, so use -{len(blocks)} .. {len(blocks) - 1}"
             )
         self.feature_layer = feature_layer % len(blocks)
+        self.image_size = image_size
+        self.attributes = list(attributes or [])
+        self.attribute_head = AttributeHead(self.attributes, _channels(width, image_size, 4) * 16, conditioning)
         self.register_buffer("reference", None)
         init_dcgan_weights(self)
 
-    def _body(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _body(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(last block's output (B, 8w, 4, 4), the features, the real/fake logits (B,))."""
         features = x
         for index, block in enumerate(self.blocks):
             x = block(x)
             if index == self.feature_layer:
                 features = x
-        return self.head(x).flatten(), features
+        return x, features, self.head(x).flatten()
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> Scores:
         if uses_virtual_batch_norm(self):
             self._collect_reference_statistics()
-        return self._body(x)
+        last, features, logits = self._body(x)
+        projection, attribute_logits = self.attribute_head(last, labels)
+        return Scores(logits if projection is None else logits + projection, features, attribute_logits)
 
 
 def init_dcgan_weights(module: nn.Module) -> None:

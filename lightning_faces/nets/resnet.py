@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from lightning_faces.nets.contract import check_image_size
+from lightning_faces.nets.conditioning import AttributeHead, ConditionalInput, Conditioning
+from lightning_faces.nets.contract import Scores, check_image_size
 
 MAX_WIDTH_MULTIPLE = 16
 
@@ -85,21 +86,33 @@ class ResNetGenerator(nn.Module):
         width: channels of the last block (at S/2 -> S); earlier blocks double it, up to 16x.
         image_size: side of the images, a power of two >= 16 (linked from the data).
         channels: image channels.
+        attributes: attribute names G is conditioned on (linked from ``data.attributes``;
+            empty: unconditional); they are concatenated with z as +-1.
     """
 
-    def __init__(self, latent_dim: int = 128, width: int = 64, image_size: int = 64, channels: int = 3) -> None:
+    def __init__(
+        self,
+        latent_dim: int = 128,
+        width: int = 64,
+        image_size: int = 64,
+        channels: int = 3,
+        attributes: list[str] | None = None,
+    ) -> None:
         super().__init__()
         depth = check_image_size(image_size, "the ResNet networks")
         self.latent_dim, self.image_size = latent_dim, image_size
+        self.attributes = list(attributes or [])
+        self.input = ConditionalInput(self.attributes)
         self.first_channels = _channels(width, image_size // 4)
-        self.project = _init(nn.Linear(latent_dim, 16 * self.first_channels), 1.0)  # z -> (B, C, 4, 4)
+        # (z, attributes) -> (B, C, 4, 4)
+        self.project = _init(nn.Linear(latent_dim + len(self.attributes), 16 * self.first_channels), 1.0)
         scales = [image_size // 2**k for k in range(2, depth)]  # 4x4 -> S/2: S/4, S/8, ..., 2
         self.blocks = nn.Sequential(*(UpBlock(_channels(width, s), _channels(width, s // 2)) for s in scales))
         self.norm = nn.BatchNorm2d(width)
         self.to_rgb = _init(nn.Conv2d(width, channels, 3, 1, 1), 1.0)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.project(z).view(z.shape[0], self.first_channels, 4, 4)
+        h = self.project(self.input(z, labels)).view(z.shape[0], self.first_channels, 4, 4)
         h = self.blocks(h)  # (B, width, S, S)
         return torch.tanh(self.to_rgb(F.relu(self.norm(h))))
 
@@ -113,9 +126,19 @@ class ResNetDiscriminator(nn.Module):
         width: channels of the first block (at S/2); later blocks double it, up to 16x.
         image_size: side of the images, a power of two >= 16 (linked from the data).
         channels: image channels.
+        attributes: attribute names D is conditioned on (linked from ``data.attributes``).
+        conditioning: how D uses them: ``projection`` (SNGAN's cGAN) or ``auxiliary`` (a
+            classifier head); both read the pooled features, with spectral norm.
     """
 
-    def __init__(self, width: int = 64, image_size: int = 64, channels: int = 3) -> None:
+    def __init__(
+        self,
+        width: int = 64,
+        image_size: int = 64,
+        channels: int = 3,
+        attributes: list[str] | None = None,
+        conditioning: Conditioning = "projection",
+    ) -> None:
         super().__init__()
         depth = check_image_size(image_size, "the ResNet networks")
         blocks = [DownBlock(channels, width, downsample=True, first=True)]  # S -> S/2
@@ -125,7 +148,14 @@ class ResNetDiscriminator(nn.Module):
         blocks.append(DownBlock(last, last, downsample=False))  # one more block at 4x4
         self.blocks = nn.Sequential(*blocks)
         self.head = spectral_norm(_init(nn.Linear(last, 1), 1.0))
+        self.image_size = image_size
+        self.attributes = list(attributes or [])
+        self.attribute_head = AttributeHead(
+            self.attributes, last, conditioning, lambda layer: spectral_norm(_init(layer, 1.0))
+        )
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> Scores:
         features = F.relu(self.blocks(x)).sum(dim=(2, 3))  # (B, C): global sum pooling
-        return self.head(features).flatten(), features
+        logits = self.head(features).flatten()
+        projection, attribute_logits = self.attribute_head(features, labels)
+        return Scores(logits if projection is None else logits + projection, features, attribute_logits)
