@@ -132,7 +132,7 @@ def attribute_grid(module: L.LightningModule, min_cell_size: int = 64, rows: int
     for column, title in enumerate(["as drawn", *names]):
         for line, text in enumerate(title.split("_")[:3]):
             draw.text((column * cell + 3, 2 + 12 * line), text[: cell // 6], fill="black", font=font)
-    top = torch.from_numpy(np.asarray(header)).permute(2, 0, 1)
+    top = torch.from_numpy(np.array(header)).permute(2, 0, 1)  # a writable copy
     return torch.cat([top, grid.cpu()], dim=1)
 
 

@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_faces.classifier import AttributeClassifier
+from lightning_faces.classifier import CONFIG_HINT, AttributeClassifier
 from lightning_faces.data.attributes import switch_on
 from lightning_faces.errors import FacesError
 
@@ -26,6 +26,12 @@ def load_judge(path: str | Path, attributes: tuple[str, ...]) -> tuple[Attribute
 
     Raises FacesError when it does not predict every one of them.
     """
+    if not Path(path).is_file():
+        raise FacesError(
+            f"attribute classifier {path} does not exist: train one first (python -m lightning_faces "
+            f"{CONFIG_HINT}, or configs/attribute_classifier_quickstart.yaml for drawn faces) and point "
+            "classifier_path at its checkpoint"
+        )
     classifier = AttributeClassifier.from_checkpoint(path)
     missing = [name for name in attributes if name not in classifier.attribute_names]
     if missing:

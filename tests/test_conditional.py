@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from lightning_faces.callbacks import SampleGrid
-from lightning_faces.data import CELEBA_ATTRIBUTES, ImageFolderDataModule, SyntheticFacesDataModule
+from lightning_faces.classifier import AttributeClassifier
+from lightning_faces.control import load_judge, switch_effects
+from lightning_faces.data import CELEBA_ATTRIBUTES, ImageFolderDataModule, SyntheticFacesDataModule, to_float
 from lightning_faces.data.attributes import parse_attribute_values, select_attributes, switch_on
 from lightning_faces.errors import FacesError
 from lightning_faces.module import GAN
 from lightning_faces.nets import DCGANDiscriminator, DCGANGenerator, ResNetDiscriminator, ResNetGenerator
 from lightning_faces.objectives import AttributeLoss
+from tests.conftest import REPO, flags, run_cli
 from tests.test_module import train
 
 NAMES = ["Eyeglasses", "Blond_Hair", "Smiling"]
@@ -110,3 +114,116 @@ def test_a_conditional_gan_trains_logs_its_attribute_losses_and_keeps_real_rows(
     grid = Image.open(tmp_path / "samples" / "attributes_step_0000003.png")
     # 4 rows of (as drawn + 3 attributes) cells of 16 px with 2 px padding, under a 40 px header
     assert grid.size == (4 * 18 + 2, 40 + 4 * 18 + 2)
+
+
+STEERED = ["Blond_Hair", "Pale_Skin", "Mouth_Slightly_Open"]  # large, early-learned features
+
+
+@pytest.fixture(scope="module")
+def steered(tmp_path_factory):
+    """A classifier trained on drawn faces, then a conditional GAN trained with it as its judge.
+
+    Real runs through the CLI (about 2 minutes on 2 cores): what the quickstart does, smaller.
+    """
+    root = tmp_path_factory.mktemp("steered")
+    shared = ["--data.attributes", f"[{', '.join(STEERED)}]", "--trainer.enable_progress_bar", "false"]
+    judge = run_cli(
+        ["fit", "--config", str(REPO / "configs" / "attribute_classifier_quickstart.yaml"), *shared,
+         "--trainer.max_steps", "400", "--trainer.val_check_interval", "200", "--data.num_images", "4096",
+         "--model.init_args.width", "8"],
+        cwd=root,
+    )  # fmt: skip
+    assert judge.returncode == 0, judge.stderr[-3000:]
+    classifier = root / "runs" / "attribute_classifier_quickstart" / "version_0" / "checkpoints" / "last.ckpt"
+    gan = run_cli(
+        ["fit", "--config", str(REPO / "configs" / "conditional_quickstart.yaml"), *shared,
+         "--trainer.max_steps", "1500", "--trainer.callbacks.classifier_path", str(classifier),
+         "--trainer.callbacks.every_n_steps", "750", "--trainer.callbacks.num_samples", "256",
+         # AC-GAN learns attributes in fewer iterations than projection; a short EMA keeps up
+         "--model.discriminator.init_args.conditioning", "auxiliary", "--model.ema_decay", "0.99"],
+        cwd=root, timeout=400,
+    )  # fmt: skip
+    assert gan.returncode == 0, gan.stderr[-3000:]
+    return root / "runs" / "conditional_quickstart" / "version_0", classifier
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # the first to use `steered` trains it
+def test_switching_one_attribute_changes_what_the_classifier_sees_for_it_and_little_else(steered):
+    run, classifier_path = steered
+    gan = GAN.from_checkpoint(run / "checkpoints" / "last.ckpt")
+    classifier, columns = load_judge(classifier_path, gan.attribute_names)
+    effects = switch_effects(gan, classifier, columns, count=256)  # (A, A): row k, attribute k on
+    for k, name in enumerate(STEERED):
+        others = torch.cat([effects[k, :k], effects[k, k + 1 :]])
+        assert effects[k, k] > 0.4, f"switching {name} on moved its probability by only {effects[k, k]:.2f}"
+        assert others.abs().max() < 0.15, f"switching {name} on moved the others by {others.tolist()}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_attribute_accuracy_is_logged_and_the_grids_show_each_attribute(steered):
+    run, _ = steered
+    import csv
+
+    rows = [row for row in csv.DictReader(open(run / "metrics.csv")) if row.get("val/attribute_accuracy")]
+    assert [int(row["step"]) for row in rows] == [750, 1500]
+    assert {f"val/attribute_accuracy/{name}" for name in STEERED} <= set(rows[0])
+    assert float(rows[-1]["val/attribute_accuracy"]) > 0.9
+    grid = Image.open(run / "samples" / "attributes_step_0001500.png")
+    assert grid.size == (4 * 66 + 2, 40 + 8 * 66 + 2)  # 8 rows, as drawn + 3 columns, 64 px cells
+
+
+def test_a_judge_that_does_not_know_an_attribute_stops_training_in_one_line(tmp_path):
+    classifier = AttributeClassifier(attributes=["Smiling"], image_size=16, width=4)
+    path = tmp_path / "judge.ckpt"
+    torch.save({"state_dict": classifier.state_dict(), "hyper_parameters": dict(classifier.hparams)}, path)
+    with pytest.raises(FacesError, match="does not predict Eyeglasses, Blond_Hair: train one on the GAN's"):
+        load_judge(path, ("Eyeglasses", "Blond_Hair", "Smiling"))
+    assert AttributeClassifier.from_checkpoint(path).attribute_names == ("Smiling",)
+    with pytest.raises(FacesError, match="missing.ckpt does not exist: train one first"):
+        load_judge(tmp_path / "missing.ckpt", ("Smiling",))
+
+
+# written by lightning_faces 0.2.0 (commit 5dc97ff), before conditioning: the quickstart at 16 px,
+# latent 8, widths 4, EMA 0.9, 3 iterations
+OLD_CHECKPOINT = REPO / "tests" / "fixtures" / "quickstart-0.2.0.ckpt"
+
+
+def test_an_unconditional_checkpoint_of_0_2_0_loads_samples_and_resumes(tmp_path):
+    gan = GAN.from_checkpoint(OLD_CHECKPOINT)
+    assert gan.attribute_names == () and gan.iteration == 3
+    assert gan.generate(torch.randn(2, 8)).shape == (2, 3, 16, 16)
+    sizes = {
+        "--data.image_size": 16, "--data.num_images": 64, "--data.num_val_images": 0, "--data.batch_size": 8,
+        "--model.generator.init_args.latent_dim": 8, "--model.generator.init_args.width": 4,
+        "--model.discriminator.init_args.width": 4, "--model.num_fixed_samples": 4, "--model.ema_decay": 0.9,
+        "--trainer.max_steps": 5, "--trainer.enable_progress_bar": "false",
+    }  # fmt: skip
+    args = ["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), *flags(sizes)]
+    result = run_cli([*args, "--ckpt_path", str(OLD_CHECKPOINT)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = torch.load(next(tmp_path.glob("runs/quickstart/*/checkpoints/last.ckpt")), weights_only=True)
+    assert resumed["iteration"] == 5
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("value", [0, 1])
+def test_predict_draws_the_attribute_value_asked_for(steered, tmp_path, value):
+    run, classifier_path = steered
+    args = [
+        "predict", "--config", str(REPO / "configs" / "conditional_quickstart.yaml"),
+        "--data.attributes", f"[{', '.join(STEERED)}]", "--trainer.enable_progress_bar", "false",
+        "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+        "--data.predict_samples", "32", "--data.predict_attributes", f"Blond_Hair={value}",
+    ]  # fmt: skip
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = sorted(tmp_path.glob("runs/conditional_quickstart/*/generated/*.png"))
+    assert len(files) == 32
+    images = torch.stack([torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1) for f in files])
+    classifier, columns = load_judge(classifier_path, ("Blond_Hair",))
+    with torch.no_grad():
+        blond = torch.sigmoid(classifier(to_float(images))[:, columns[0]])
+    assert (blond > 0.5).float().mean() == pytest.approx(value, abs=0.15)  # the classifier sees it
