@@ -77,7 +77,7 @@ class Features(nn.Module):
 
 def split_images(data_dir: Path, work: Path, held_out: int) -> tuple[Path, Path]:
     """Links a seeded random ``held_out`` of the CelebA images into work/held-out, the rest into work/train."""
-    source = data_dir / "celeba" / "img_align_celeba"
+    source = (data_dir / "celeba" / "img_align_celeba").resolve()  # links from another folder: absolute
     names = sorted(p.name for p in source.iterdir() if p.suffix.lower() in (".jpg", ".png"))
     if held_out >= len(names):
         raise SystemExit(f"--held-out {held_out} leaves no training images ({len(names)} in {source})")

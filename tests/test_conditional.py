@@ -209,21 +209,25 @@ def test_an_unconditional_checkpoint_of_0_2_0_loads_samples_and_resumes(tmp_path
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("value", [0, 1])
-def test_predict_draws_the_attribute_value_asked_for(steered, tmp_path, value):
+def test_predict_draws_the_attribute_values_asked_for(steered, tmp_path):
     run, classifier_path = steered
-    args = [
-        "predict", "--config", str(REPO / "configs" / "conditional_quickstart.yaml"),
-        "--data.attributes", f"[{', '.join(STEERED)}]", "--trainer.enable_progress_bar", "false",
-        "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
-        "--data.predict_samples", "32", "--data.predict_attributes", f"Blond_Hair={value}",
-    ]  # fmt: skip
-    result = run_cli(args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    files = sorted(tmp_path.glob("runs/conditional_quickstart/*/generated/*.png"))
-    assert len(files) == 32
-    images = torch.stack([torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1) for f in files])
     classifier, columns = load_judge(classifier_path, ("Blond_Hair",))
-    with torch.no_grad():
-        blond = torch.sigmoid(classifier(to_float(images))[:, columns[0]])
-    assert (blond > 0.5).float().mean() == pytest.approx(value, abs=0.15)  # the classifier sees it
+    seen = {}
+    for value in (0, 1):
+        args = [
+            "predict", "--config", str(REPO / "configs" / "conditional_quickstart.yaml"),
+            "--data.attributes", f"[{', '.join(STEERED)}]", "--trainer.enable_progress_bar", "false",
+            "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+            "--data.predict_samples", "32", "--data.predict_attributes", f"Blond_Hair={value}",
+        ]  # fmt: skip
+        (tmp_path / str(value)).mkdir()
+        result = run_cli(args, cwd=tmp_path / str(value))
+        assert result.returncode == 0, result.stderr[-3000:]
+        files = sorted((tmp_path / str(value)).glob("runs/conditional_quickstart/*/generated/*.png"))
+        assert len(files) == 32
+        images = torch.stack([torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1) for f in files])
+        with torch.no_grad():
+            seen[value] = (classifier(to_float(images))[:, columns[0]] > 0).float().mean().item()
+    # the judge sees blond hair in most faces asked for it and in few of the others (the same
+    # latents; ignoring the request would give the data's rate, about 1 in 4, to both)
+    assert seen[1] > 0.6 and seen[1] - seen[0] > 0.5, seen

@@ -92,7 +92,9 @@ def test_ranks_hold_identical_spectral_norm_vectors_with_r1_and_diffaugment(tmp_
     # spectral-norm vectors u and v (buffers, not averaged by DDP). They depend on D's weights
     # only, which DDP keeps equal, so each rank's own updates keep them equal, as long as
     # every rank runs D the same number of times. R1 (lazy, a double backward through D's DDP
-    # wrapper) and DiffAugment (random per rank) must not break that.
+    # wrapper) and DiffAugment (random per rank) must not break that. Conditional on two
+    # attributes: D's projection layer has vectors of its own, and each rank shuffles its own
+    # batch's attribute rows for the fakes while the pool of real rows must agree.
     extras = tmp_path / "sngan-extras.yaml"
     extras.write_text(
         "model:\n"
@@ -100,6 +102,8 @@ def test_ranks_hold_identical_spectral_norm_vectors_with_r1_and_diffaugment(tmp_
         "  ema_decay: 0.9\n"
         "  d_regularizers: [{class_path: lightning_faces.regularizers.R1, init_args: {gamma: 1.0, every: 2}}]\n"
         "  augment: {class_path: lightning_faces.augment.DiffAugment}\n"
+        "data:\n"
+        "  init_args: {attributes: [Male, Smiling]}\n"
     )
     states = fit(
         tmp_path, fake_celeba, "sn", devices=2, batch_size=4, extra=["--config", str(extras)], config="sngan.yaml"
@@ -107,6 +111,8 @@ def test_ranks_hold_identical_spectral_norm_vectors_with_r1_and_diffaugment(tmp_
     rank0, rank1 = states[0]["state_dict"], states[1]["state_dict"]
     vectors = [name for name in rank0 if name.endswith(("._u", "._v"))]
     assert len(vectors) > 10  # every conv and the linear head of the ResNet D
+    assert "discriminator.attribute_head.layer.parametrizations.weight.0._u" in vectors
+    assert rank0["attribute_pool"].shape == (10_000, 2) and rank0["attribute_pool"].sum() > 0
     for name, value in rank0.items():
         assert torch.equal(value, rank1[name]), f"{name} differs between ranks"
     assert states[0]["iteration"] == 6
