@@ -12,4 +12,4 @@ __all__ = [
     "ImageFolderDataModule",
     "SyntheticFacesDataModule",
 ]
-__version__ = "0.2.0"
+__version__ = "0.3.0"
