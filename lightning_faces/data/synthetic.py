@@ -88,6 +88,11 @@ def draw_face(rng: random.Random, size: int) -> tuple[Image.Image, set[str]]:
     def box(x: float, y: float, rx: float, ry: float) -> list[float]:
         return [(x - rx) * s, (y - ry) * s, (x + rx) * s, (y + ry) * s]
 
+    def stroke(units: float) -> int:
+        # at least 2 canvas pixels: the canvas is drawn at twice the image size, so thin lines
+        # (glasses, forehead lines) stay a whole pixel wide after the downscale
+        return max(2, round(units * s))
+
     # shoulders and neck
     clothes = _jitter((rng.randint(20, 230), rng.randint(20, 230), rng.randint(20, 230)), rng, 0)
     draw.ellipse(box(cx, cy + half_h + 28, 38, 22), fill=clothes)
@@ -123,8 +128,8 @@ def draw_face(rng: random.Random, size: int) -> tuple[Image.Image, set[str]]:
         attributes.add("No_Beard")
     if not young:
         for line in (0, 1):
-            y = cy - half_h * 0.55 + line * 2.2
-            draw.line([(cx - 7) * s, y * s, (cx + 7) * s, y * s], fill=_shade(skin, 0.75), width=max(1, int(0.8 * s)))
+            y = cy - half_h * 0.55 + line * 3.5
+            draw.line([(cx - 8) * s, y * s, (cx + 8) * s, y * s], fill=_shade(skin, 0.65), width=stroke(1.2))
     if male:
         attributes.add("Male")
     # eyes and brows slide with the yaw
@@ -144,7 +149,7 @@ def draw_face(rng: random.Random, size: int) -> tuple[Image.Image, set[str]]:
         draw.line(
             [(ex - eye_rx) * s, (eye_y - brow_lift + side * 0.0) * s, (ex + eye_rx) * s, (eye_y - brow_lift - 0.8) * s],
             fill=brow,
-            width=max(1, int(1.6 * s)),
+            width=stroke(1.6),
         )
     # glasses
     if rng.random() < 0.15:
@@ -152,11 +157,11 @@ def draw_face(rng: random.Random, size: int) -> tuple[Image.Image, set[str]]:
         frame = rng.choice([(20, 20, 20), (120, 70, 30), (180, 180, 190)])
         for side in (-1, 1):
             ex = fx + side * eye_dx * (1 - side * yaw * 0.6)
-            draw.ellipse(box(ex, eye_y, eye_rx + 2.2, eye_ry + 2.4), outline=frame, width=max(1, int(1.0 * s)))
+            draw.ellipse(box(ex, eye_y, eye_rx + 2.6, eye_ry + 2.8), outline=frame, width=stroke(1.6))
         draw.line(
             [(fx - eye_dx + eye_rx + 2) * s, eye_y * s, (fx + eye_dx - eye_rx - 2) * s, eye_y * s],
             fill=frame,
-            width=max(1, int(1.0 * s)),
+            width=stroke(1.6),
         )
     # nose
     nose_y = cy + rng.uniform(5, 8)
@@ -183,10 +188,10 @@ def draw_face(rng: random.Random, size: int) -> tuple[Image.Image, set[str]]:
         draw.ellipse(box(fx, mouth_y + 1, mouth_w * 0.4, 1.5), fill=(60, 20, 25))
     else:
         draw.line(
-            [(fx - mouth_w) * s, mouth_y * s, (fx + mouth_w) * s, mouth_y * s], fill=lips, width=max(1, int(1.8 * s))
+            [(fx - mouth_w) * s, mouth_y * s, (fx + mouth_w) * s, mouth_y * s], fill=lips, width=stroke(1.8)
         )
     if moustache:
-        draw.rounded_rectangle(box(fx, mouth_y - 3.2, mouth_w + 0.5, 1.4), radius=1.2 * s, fill=facial_hair)
+        draw.rounded_rectangle(box(fx, mouth_y - 3.6, mouth_w + 1.5, 2.2), radius=1.5 * s, fill=facial_hair)
     if rng.random() < 0.3:
         attributes.add("Rosy_Cheeks")
         for side in (-1, 1):
