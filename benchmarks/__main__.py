@@ -1,7 +1,7 @@
 """``python -m benchmarks --data-dir ../shared/celeba-sample [--device cuda]``: data, then training.
 
 Each prints its table and writes JSON under runs/benchmarks/; options after ``--train`` go to
-the training benchmark only (e.g. ``--train --precision bf16-mixed --iterations 200``).
+the training benchmark only (e.g. ``--train --variants 32-true bf16-mixed --iterations 200``).
 """
 
 from __future__ import annotations

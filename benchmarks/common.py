@@ -14,6 +14,15 @@ import torch
 
 from lightning_faces.data import CelebADataModule
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def repo_env() -> dict[str, str]:
+    """The environment for a ``python -m lightning_faces`` child: this checkout first on the
+    path (configs name benchmark callbacks), whatever PYTHONPATH already held after it."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path}
+
 
 def machine() -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import subprocess
 import sys
 import time
@@ -27,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import table, write_json
-from benchmarks.quality import CONFIGS, REPO, fake_batches, features_of, real_features, score, split_images
+from benchmarks.common import repo_env, table, write_json
+from benchmarks.quality import CONFIGS, fake_batches, features_of, real_features, score, split_images
 from lightning_faces.metrics import RESIZES, check_inception_weights, make_fid, real_sample
 
 
@@ -52,7 +51,7 @@ def celeba_split(data_dir: Path, work: Path, held_out: int, valid: int) -> Path:
 
 def run(command: list[str], what: str) -> None:
     started = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = repo_env()
     command = [sys.executable, "-m", "lightning_faces", *command]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:

@@ -21,7 +21,6 @@ real side of every score) and the rest are the training set. Inception runs once
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -36,12 +35,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from benchmarks.common import table, write_json
+from benchmarks.common import REPO, repo_env, table, write_json
 from lightning_faces.data import ImageFolder, to_uint8
 from lightning_faces.metrics import RESIZES, check_inception_weights, make_fid, real_sample
 from lightning_faces.module import GAN
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
 # name -> (config files, overrides): each a shipped YAML as a user would run it; the CPU sizes
@@ -159,7 +157,7 @@ def train(name: str, seed: int, train_dir: Path, args: argparse.Namespace) -> Pa
     if (run / "checkpoints" / "final.ckpt").exists() and not args.retrain:
         return run
     command += ["--trainer.logger.init_args.version", str(seed)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = repo_env()
     started = time.perf_counter()
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:

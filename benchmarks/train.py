@@ -4,13 +4,14 @@
     PIL and torchvision transforms, D on real then on G(z).detach(), G through D(G(z)), two
     Adams), written for this benchmark, with lightning_faces' own G and D;
 (b) ``lightning_faces``: the GAN LightningModule on the prepared array, through Lightning's
-    Trainer, with the same networks, batch size and optimizers.
-Both run in one process, alternately (plain, lightning, plain, lightning), and each reports
-its best round: the machine is shared and noisy. On a GPU, (b) can add ``--precision
-bf16-mixed`` (the GPU's busy fraction is not measured yet).
+    Trainer, with the same networks, batch size and optimizers, once per ``--variants`` entry:
+    a Lightning precision (``32-true``, ``bf16-mixed``), ``+compile`` for ``GAN(compile=True)``.
+All run in one process, in turns (plain, each variant, plain, each variant, ...), and each
+reports its best round: the machine is shared and noisy.
 
     python -m benchmarks.train --data-dir ../shared/celeba-sample            # CPU
-    python -m benchmarks.train --data-dir DATA --device cuda --iterations 200 --precision bf16-mixed
+    python -m benchmarks.train --data-dir DATA --device cuda --iterations 200 \
+        --variants 32-true bf16-mixed bf16-mixed+compile
 """
 
 from __future__ import annotations
@@ -98,17 +99,20 @@ class Stopwatch(L.Callback):
         self.seconds = time.perf_counter() - self.started
 
 
-def lightning_run(args: argparse.Namespace, device: torch.device, prepared_dir: str) -> float:
+def lightning_run(args: argparse.Namespace, device: torch.device, prepared_dir: str, variant: str) -> float:
+    precision, _, option = variant.partition("+")
     torch.manual_seed(0)
     model = GAN(
-        DCGANGenerator(args.latent_dim, args.width, args.image_size), DCGANDiscriminator(args.width, args.image_size)
+        DCGANGenerator(args.latent_dim, args.width, args.image_size),
+        DCGANDiscriminator(args.width, args.image_size),
+        compile=option == "compile",
     )
     data = sample_data(args, prepared_dir)
     stopwatch = Stopwatch(args.warmup)
     trainer = L.Trainer(
         accelerator=device.type,
         devices=1,
-        precision=args.precision,
+        precision=precision,
         max_steps=args.warmup + args.iterations,
         logger=False,
         enable_checkpointing=False,
@@ -133,35 +137,42 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=2, help="iterations before timing starts")
     parser.add_argument("--iterations", type=int, default=10, help="timed iterations per round")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--precision", default="32-true", help="lightning_faces' precision (bf16-mixed on a GPU)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["32-true"],
+        help="lightning_faces runs: a precision (32-true, bf16-mixed), +compile for torch.compile",
+    )
     parser.add_argument("--json", default="runs/benchmarks/train.json")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    for variant in args.variants:
+        precision, _, option = variant.partition("+")
+        if option not in ("", "compile"):
+            parser.error(f"--variants {variant}: after '+' only 'compile' is known")
 
-    plain, lightning = [], []
+    plain, lightning = [], {variant: [] for variant in args.variants}
     with tempfile.TemporaryDirectory() as prepared_dir:
         sample_data(args, prepared_dir).prepare(["all"])  # once, before any timing
         for _ in range(args.rounds):
             plain.append(plain_loop(args, device))
-            lightning.append(lightning_run(args, device, prepared_dir))
-    best_plain, best_lightning = max(plain), max(lightning)
-    rows = [
-        {"loop": "plain PyTorch, fp32, JPEG loader", "images/s": best_plain, "rounds": plain, "vs plain": 1.0},
-        {
-            "loop": f"lightning_faces, {args.precision}, prepared",
-            "images/s": best_lightning,
-            "rounds": lightning,
-            "vs plain": best_lightning / best_plain,
-        },
-    ]
+            for variant in args.variants:
+                lightning[variant].append(lightning_run(args, device, prepared_dir, variant))
+    best_plain = max(plain)
+    rows = [{"loop": "plain PyTorch, fp32, JPEG loader", "images/s": best_plain, "rounds": plain, "vs plain": 1.0}]
+    for variant, rounds in lightning.items():
+        name = f"lightning_faces, {variant.replace('+', ', ')}, prepared"
+        rows.append({"loop": name, "images/s": max(rounds), "rounds": rounds, "vs plain": max(rounds) / best_plain})
     for row in rows:
         row["all rounds"] = ", ".join(f"{value:.1f}" for value in row["rounds"])
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else args.device
     print(
-        f"\nTraining on {args.device}: DCGAN {args.image_size}px, width {args.width}, batch {args.batch_size}, "
+        f"\nTraining on {where}: DCGAN {args.image_size}px, width {args.width}, batch {args.batch_size}, "
         f"{args.iterations} timed iterations x {args.rounds} rounds (best shown)"
     )
     print(table(rows, ["loop", "images/s", "vs plain", "all rounds"]))
-    result = {"benchmark": "train", "settings": vars(args), "results": rows, "ratio": best_lightning / best_plain}
+    ratio = rows[1]["vs plain"]
+    result = {"benchmark": "train", "device": where, "settings": vars(args), "results": rows, "ratio": ratio}
     print(f"\nwrote {write_json(args.json, result)}")
     return result
 

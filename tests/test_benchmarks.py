@@ -53,11 +53,15 @@ def test_training_benchmark_times_both_loops(fake_celeba, tmp_path):
         "2",
         "--rounds",
         "1",
+        "--variants",
+        "32-true",
+        "bf16-mixed",
         "--json",
         str(tmp_path / "train.json"),
     ]
     result = train.main(args)
-    assert [len(row["rounds"]) for row in result["results"]] == [1, 1]
+    assert [row["loop"].split(",")[1].strip() for row in result["results"][1:]] == ["32-true", "bf16-mixed"]
+    assert [len(row["rounds"]) for row in result["results"]] == [1, 1, 1]
     assert result["ratio"] > 0 and json.loads((tmp_path / "train.json").read_text())["benchmark"] == "train"
 
 
