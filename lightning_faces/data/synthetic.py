@@ -187,9 +187,7 @@ def draw_face(rng: random.Random, size: int) -> tuple[Image.Image, set[str]]:
         draw.ellipse(box(fx, mouth_y + 1, mouth_w * 0.6, 2.6), fill=lips)
         draw.ellipse(box(fx, mouth_y + 1, mouth_w * 0.4, 1.5), fill=(60, 20, 25))
     else:
-        draw.line(
-            [(fx - mouth_w) * s, mouth_y * s, (fx + mouth_w) * s, mouth_y * s], fill=lips, width=stroke(1.8)
-        )
+        draw.line([(fx - mouth_w) * s, mouth_y * s, (fx + mouth_w) * s, mouth_y * s], fill=lips, width=stroke(1.8))
     if moustache:
         draw.rounded_rectangle(box(fx, mouth_y - 3.6, mouth_w + 1.5, 2.2), radius=1.5 * s, fill=facial_hair)
     if rng.random() < 0.3:
