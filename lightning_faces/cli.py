@@ -1,7 +1,8 @@
-"""``python -m lightning_faces {fit,validate,test,predict,prepare,fid,download-weights} ...``
+"""``python -m lightning_faces {fit,validate,test,predict,prepare,fid,download-weights,generate,...} ...``
 
 The four training subcommands are LightningCLI's; ``prepare`` reads the same config and builds
-the data's prepared arrays; ``fid`` and ``download-weights`` are plain commands (``tools.py``).
+the data's prepared arrays; ``fid``, ``download-weights``, ``generate``, ``interpolate``, ``export``
+and ``serve`` are plain commands (``tools.py``).
 """
 
 from __future__ import annotations
@@ -190,8 +191,12 @@ COMMANDS = {
     "prepare": "Decode the config's data once into prepared arrays (run: prepare --config C).",
     "fid": "FID between two image folders, CelebA folders or checkpoints (run: fid --help).",
     "download-weights": "Fetch FID's Inception weights, on a machine with internet (run: download-weights --help).",
+    "generate": "Render faces of a checkpoint or export from seeds, as PNGs or a grid (run: generate --help).",
+    "interpolate": "A latent walk between seeds as a GIF (run: interpolate --help).",
+    "export": "Write a checkpoint's generator as safetensors + config.json (run: export --help).",
+    "serve": "A local web page to play with a generator: Randomize, sliders, save, mix (run: serve --help).",
 }
-TOOLS = ("fid", "download-weights")  # plain argparse commands (tools.py)
+TOOLS = ("fid", "download-weights", "generate", "interpolate", "export", "serve")  # plain argparse (tools.py)
 
 
 class ShortErrorParser(LightningArgumentParser):

@@ -164,3 +164,32 @@ class AttributeAccuracy(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict["history"])
+
+
+@torch.no_grad()
+def latent_directions(
+    generator: Any, classifier: AttributeClassifier, count: int = 2000, seed: int = 0, min_share: float = 0.05
+) -> dict[str, torch.Tensor]:
+    """One unit direction per attribute in an unconditional generator's latent space (InterFaceGAN).
+
+    Renders ``count`` seeded latents, lets the classifier label each face, and takes, per
+    attribute, the difference between the mean latent of the faces it calls positive and of the
+    rest: for N(0, I) latents that is the normal of the best separating plane under equal
+    covariances (linear discriminant analysis). Attributes with fewer than ``min_share`` of the
+    faces on either side get no direction: their estimate would be noise.
+    """
+    rng = torch.Generator().manual_seed(seed)
+    latents = torch.randn(count, generator.latent_dim, generator=rng)
+    classifier = classifier.to(generator.device).eval()
+    probabilities = torch.cat(
+        [torch.sigmoid(classifier(generator(latents[i : i + 250]).float())).cpu() for i in range(0, count, 250)]
+    )
+    directions = {}
+    for column, name in enumerate(classifier.attribute_names):
+        positive = probabilities[:, column] > 0.5
+        share = float(positive.float().mean())
+        if min(share, 1 - share) < min_share or positive.all() or not positive.any():
+            continue
+        direction = latents[positive].mean(0) - latents[~positive].mean(0)
+        directions[name] = direction / direction.norm()
+    return directions

@@ -1,4 +1,5 @@
-"""Commands beside training: ``fid A B`` and ``download-weights``."""
+"""Commands beside training: ``fid A B``, ``download-weights``, and (``play.py``, ``app.py``)
+``generate``, ``interpolate``, ``export`` and ``serve``."""
 
 from __future__ import annotations
 
@@ -86,7 +87,18 @@ def run_tool(argv: list[str]) -> None:
     fid.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     download = commands.add_parser("download-weights", help="fetch the FID Inception weights (needs internet)")
     download.add_argument("--output", default=None, help="where to save (default: where torchmetrics looks)")
+    from lightning_faces import app, play
+
+    play.add_arguments(commands, at_least)
+    app.add_arguments(commands, at_least)
     args = parser.parse_args(argv)
+
+    if args.command in ("generate", "interpolate", "export"):
+        play.run(args)
+        return
+    if args.command == "serve":
+        app.run(args)
+        return
 
     if args.command == "download-weights":
         path = download_weights(args.output)

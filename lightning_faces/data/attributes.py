@@ -52,24 +52,36 @@ def attribute_columns(names: Sequence[str]) -> list[int]:
     return [CELEBA_ATTRIBUTES.index(name) for name in names]
 
 
-def parse_attribute_values(text: str | None, names: Sequence[str]) -> dict[str, float]:
+def parse_attribute_values(text: str | None, names: Sequence[str], fractions: bool = False) -> dict[str, float]:
     """``"Eyeglasses=1,Male=0"`` -> ``{"Eyeglasses": 1.0, "Male": 0.0}``, checked against ``names``.
 
-    Values are 0 or 1 (CelebA's attributes are binary); an attribute the model was not trained
-    on is an error that lists those it was.
+    Values are 0 or 1 (CelebA's attributes are binary), or with ``fractions`` any number in
+    [0, 1] (a slider's position: G takes values in between); an attribute the model was not
+    trained on is an error that lists those it was.
     """
     if not text:
         return {}
     values: dict[str, float] = {}
     for item in text.split(","):
         name, sep, value = item.strip().partition("=")
-        if not sep or value.strip() not in ("0", "1"):
+        number = _number(value) if sep else None
+        if fractions and (number is None or not 0.0 <= number <= 1.0):
+            raise FacesError(f"attribute value {item.strip()!r} is not NAME=V with V in [0, 1] (e.g. Eyeglasses=1)")
+        if not fractions and (not sep or value.strip() not in ("0", "1")):
             raise FacesError(f"attribute value {item.strip()!r} is not NAME=0 or NAME=1 (e.g. Eyeglasses=1,Male=0)")
         if name not in names:
             known = " ".join(names) if names else "none: it is unconditional"
             raise FacesError(f"the model was not trained on attribute {name!r}; its attributes are {known}")
         values[name] = float(value)
     return values
+
+
+def _number(text: str) -> float | None:
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if number == number else None  # NaN is not a position
 
 
 def dataset_attributes(dataset: Dataset) -> torch.Tensor:

@@ -1,0 +1,293 @@
+"""A trained generator on its own: seeds to faces, export to safetensors, load without Lightning.
+
+``FaceGenerator`` wraps one of this package's generator networks with what rendering needs
+beside the weights: the latent size, the image size, the attribute names and a pool of real
+attribute rows (to draw a conditional model's attributes from the data's joint distribution).
+It uses huggingface_hub's ``PyTorchModelHubMixin``, so ``export`` writes the ecosystem's layout
+(``config.json`` + ``model.safetensors`` + a model card) and ``load_generator`` reads it back,
+from a folder or a Hub repo id, without unpickling anything: the config is JSON, the weights
+are safetensors, and the network class must be one of this package's.
+
+Conventions shared by ``generate``, ``interpolate`` and ``serve``:
+
+- **Seeds.** Face ``seed`` has the latent ``torch.randn(latent_dim)`` drawn by a CPU generator
+  seeded with ``seed``; a conditional model's attributes for it are then a row of the pool
+  drawn by the same generator. ``generate --seed 5 --num 3`` renders seeds 5, 6, 7.
+- **Truncation** shrinks latents toward the mean of their distribution (0 for N(0, I)):
+  ``z' = psi * z``, psi in (0, 1]; 1 leaves them alone (StyleGAN's psi, applied to z).
+- **Output.** Images are in [-1, 1]; ``to_uint8`` turns them into bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from torch import nn
+
+from lightning_faces.data.attributes import switch_on
+from lightning_faces.errors import FacesError
+
+try:
+    from huggingface_hub import PyTorchModelHubMixin
+except ModuleNotFoundError:  # pragma: no cover - a dependency; named in the error below
+
+    class PyTorchModelHubMixin:  # type: ignore[no-redef]
+        def __init_subclass__(cls, **kwargs: Any) -> None:
+            super().__init_subclass__()
+
+
+NETWORKS = "lightning_faces.nets."
+MAX_BATCH = 256  # images rendered per forward pass
+MODEL_CARD = """---
+{{ card_data }}
+---
+
+A face generator trained with lightning_faces: {{ description }}.
+
+```python
+from lightning_faces import load_generator
+
+generator = load_generator("THIS_FOLDER_OR_REPO_ID")  # config.json + model.safetensors, nothing unpickled
+faces = generator.render_seeds([0, 1, 2], truncation=0.8)  # uint8 (3, 3, S, S)
+```
+
+Or `python -m lightning_faces generate THIS_FOLDER --num 16 --grid --out faces/`.
+"""
+
+
+def _network(spec: dict[str, Any]) -> nn.Module:
+    """Builds ``{"class_path", "init_args"}`` when it names one of this package's networks."""
+    class_path = str(spec.get("class_path", ""))
+    if not class_path.startswith(NETWORKS):
+        raise FacesError(f"{class_path or 'no class_path'} is not a lightning_faces network: refusing to build it")
+    module_name, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise FacesError(f"{class_path} is not a network class of lightning_faces.nets")
+    return cls(**dict(spec.get("init_args") or {}))
+
+
+class FaceGenerator(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="lightning_faces",
+    tags=["gan", "faces", "lightning_faces"],
+    model_card_template=MODEL_CARD,
+):
+    """A generator network plus what it takes to render faces from seeds.
+
+    Args:
+        network: the generator as ``{"class_path": "lightning_faces.nets...", "init_args": {...}}``.
+        attributes: the attribute names G is conditioned on, in its input order (empty:
+            unconditional).
+        pool_size: rows in the attribute pool (filled by the weights file).
+        latent_dim, image_size: the network's, written for readers of config.json (checked).
+        output_range: the images' value range (the networks end in tanh).
+        ema: whether the weights are G's exponential moving average (informative).
+        source: where the weights came from (informative).
+    """
+
+    def __init__(
+        self,
+        network: dict[str, Any],
+        attributes: list[str] | None = None,
+        pool_size: int = 0,
+        latent_dim: int | None = None,
+        image_size: int | None = None,
+        output_range: tuple[float, float] = (-1.0, 1.0),
+        ema: bool = False,
+        source: str = "",
+    ) -> None:
+        super().__init__()
+        self.network = _network(network)
+        for name, value in (("latent_dim", latent_dim), ("image_size", image_size)):
+            if value is not None and value != getattr(self.network, name):
+                raise FacesError(f"config.json says {name} {value}, its network has {getattr(self.network, name)}")
+        if tuple(output_range) != (-1.0, 1.0):
+            raise FacesError(f"output_range {list(output_range)} is not supported: this package's networks end in tanh")
+        self.output_range = (-1.0, 1.0)
+        self.attributes = list(attributes or [])
+        if list(getattr(self.network, "attributes", [])) != self.attributes:
+            raise FacesError(
+                f"the network is conditioned on {getattr(self.network, 'attributes', [])}, the config says "
+                f"{self.attributes}: the export is inconsistent"
+            )
+        if self.attributes and pool_size < 1:
+            raise FacesError("a conditional generator needs a pool of attribute rows (pool_size >= 1)")
+        self.register_buffer("attribute_pool", torch.zeros(pool_size, len(self.attributes)))
+        self.ema, self.source = ema, source
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.network.latent_dim)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.network.image_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.attribute_pool.device
+
+    def describe(self) -> str:
+        kind = f"conditioned on {len(self.attributes)} attributes" if self.attributes else "unconditional"
+        return (
+            f"{type(self.network).__name__}, {self.image_size}px, latent {self.latent_dim}, {kind}"
+            f"{', EMA weights' if self.ema else ''}"
+        )
+
+    # seeds -> genes
+    def seed_latent(self, seed: int) -> torch.Tensor:
+        """Face ``seed``'s latent, (latent_dim,) on the CPU (the same on every machine)."""
+        return torch.randn(self.latent_dim, generator=torch.Generator().manual_seed(int(seed)))
+
+    def seed_attributes(self, seed: int) -> torch.Tensor | None:
+        """Face ``seed``'s attribute row (A,) in {0, 1}, drawn from the pool; None when unconditional."""
+        if not self.attributes:
+            return None
+        rng = torch.Generator().manual_seed(int(seed))
+        torch.randn(self.latent_dim, generator=rng)  # the latent comes first from the same stream
+        row = int(torch.randint(len(self.attribute_pool), (1,), generator=rng))
+        return self.attribute_pool[row].cpu().clone()
+
+    def with_values(self, row: torch.Tensor, values: dict[str, float]) -> torch.Tensor:
+        """``row`` (A,) with ``values`` set; an attribute switched on turns off those exclusive
+        with it (another hair colour, say) unless ``values`` sets them too."""
+        row = row.clone().float()
+        for name, value in values.items():
+            if value >= 0.5:
+                row = switch_on(row[None], self.attributes, name)[0]
+        for name, value in values.items():
+            row[self.attributes.index(name)] = float(value)
+        return row
+
+    # genes -> images
+    @torch.no_grad()
+    def forward(self, latents: torch.Tensor, attributes: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (B, latent_dim) [and attributes (B, A) in [0, 1]] -> images (B, 3, S, S) in [-1, 1]."""
+        if self.attributes and attributes is None:
+            raise FacesError(f"this generator is conditioned on {', '.join(self.attributes)}: pass their values")
+        images = []
+        for start in range(0, len(latents), MAX_BATCH):
+            z = latents[start : start + MAX_BATCH].to(self.device, torch.float32)
+            labels = None if not self.attributes else attributes[start : start + MAX_BATCH].to(self.device).float()
+            images.append(self.network(z, labels))
+        return torch.cat(images)
+
+    def render(
+        self, latents: torch.Tensor, attributes: torch.Tensor | None = None, truncation: float = 1.0
+    ) -> torch.Tensor:
+        """As ``forward`` with truncation applied to the latents; returns uint8 (B, 3, S, S) on the CPU."""
+        from lightning_faces.data import to_uint8
+
+        return to_uint8(self(truncate(latents, truncation), attributes)).cpu()
+
+    def render_seeds(
+        self, seeds: Sequence[int], values: dict[str, float] | None = None, truncation: float = 1.0
+    ) -> torch.Tensor:
+        """The faces of ``seeds`` as uint8 (B, 3, S, S); ``values`` override attributes (conditional)."""
+        latents = torch.stack([self.seed_latent(seed) for seed in seeds])
+        attributes = None
+        if self.attributes:
+            attributes = torch.stack([self.with_values(self.seed_attributes(s), values or {}) for s in seeds])
+        elif values:
+            raise FacesError("this generator is unconditional: it takes no attribute values")
+        return self.render(latents, attributes, truncation)
+
+
+def truncate(latents: torch.Tensor, truncation: float) -> torch.Tensor:
+    """Shrinks latents toward their distribution's mean (0): ``psi * z`` with psi = ``truncation``."""
+    if not 0.0 < truncation <= 1.0:
+        raise FacesError(f"truncation must be in (0, 1] (1: none; 0.7 is usual), got {truncation}")
+    return latents * truncation
+
+
+def from_checkpoint(path: str | Path, ema: bool = True) -> FaceGenerator:
+    """The generator of a training checkpoint (its EMA when it has one and ``ema``), read safely."""
+    from lightning_faces.checkpoint import gan_settings, load_checkpoint
+    from lightning_faces.module import GAN
+
+    model = GAN.from_checkpoint(path)
+    network = model.generator
+    use_ema = bool(ema and model.hparams.ema_decay is not None)
+    if use_ema:
+        model.refresh_ema_statistics()  # the EMA's own batch-norm statistics, as sampling uses
+        network = model.generator_ema
+    spec = dict(gan_settings(load_checkpoint(path), path)["generator"])
+    spec["init_args"] = {**(spec.get("init_args") or {}), "image_size": model.image_size}
+    spec["init_args"]["attributes"] = list(model.attribute_names)
+    pool = model.attribute_pool if model.attribute_names else torch.zeros(0, 0)
+    generator = FaceGenerator(
+        spec,
+        list(model.attribute_names),
+        len(pool),
+        latent_dim=model.latent_dim,
+        image_size=model.image_size,
+        ema=use_ema,
+        source=Path(path).name,
+    )
+    generator.network.load_state_dict(network.state_dict())
+    if len(pool):
+        generator.attribute_pool.copy_(pool)
+    return generator.eval()
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> FaceGenerator:
+    """A ``FaceGenerator`` from an export folder (``export``'s output), a Hub repo id, or a
+    training checkpoint (``.ckpt``); nothing is unpickled. Errors are one line."""
+    text = str(path)
+    local = Path(text).expanduser()
+    try:
+        if local.is_file():
+            generator = from_checkpoint(local)
+        elif local.is_dir():
+            if not (local / "config.json").is_file() or not (local / "model.safetensors").is_file():
+                raise FacesError(
+                    f"{local} is not an exported generator (it needs config.json and model.safetensors): "
+                    "make one with `python -m lightning_faces export CKPT OUT`"
+                )
+            with contextlib.redirect_stdout(io.StringIO()):  # huggingface_hub prints where it loads from
+                generator = FaceGenerator.from_pretrained(local, strict=True)
+        elif os.sep in text or text.endswith((".ckpt", ".pt")) or text.count("/") != 1:
+            raise FacesError(f"{text} does not exist (expected a checkpoint file or an exported folder)")
+        else:  # a Hub repo id, "user/name"
+            generator = FaceGenerator.from_pretrained(text, strict=True)
+    except FacesError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise FacesError(f"{text} is not a usable generator ({message})") from error
+    if not isinstance(generator, FaceGenerator):  # pragma: no cover - from_pretrained returns cls
+        raise FacesError(f"{text} did not load as a generator")
+    return generator.to(device).eval()
+
+
+def export(checkpoint: str | Path, out: str | Path) -> Path:
+    """Writes the checkpoint's generator (EMA when present) to ``out``: config.json,
+    model.safetensors and README.md, written beside and renamed into place as a whole."""
+    import shutil
+    import tempfile
+
+    generator = from_checkpoint(checkpoint)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FacesError(f"{out} exists and is not empty: choose a new folder (nothing was overwritten)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        generator.save_pretrained(staging, model_card_kwargs={"description": generator.describe()})
+        if out.exists():
+            out.rmdir()
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,174 @@
+"""``generate``, ``interpolate`` and ``export``: a trained generator's faces as files.
+
+Every command takes a training checkpoint (``.ckpt``, read without unpickling) or an export
+folder (``export``'s output) or a Hub repo id; see ``generator.py`` for how seeds, attributes
+and truncation are defined.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+from lightning_faces.data.attributes import parse_attribute_values
+from lightning_faces.errors import FacesError
+from lightning_faces.files import atomic_path
+from lightning_faces.generator import FaceGenerator, load_generator, truncate
+
+MAX_IMAGES = 10_000  # per generate command
+MAX_FRAMES = 2_000  # per interpolate command
+
+
+def as_image(image: torch.Tensor) -> Image.Image:
+    """uint8 (3, H, W) -> a PIL image."""
+    return Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
+
+
+def save_png(image: torch.Tensor, path: Path) -> Path:
+    """Writes uint8 (3, H, W) as a PNG, atomically."""
+    with atomic_path(path) as tmp:
+        as_image(image).save(tmp, format="PNG")
+    return path
+
+
+def _truncation(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (1: none), got {value}")
+    return value
+
+
+def add_arguments(commands: argparse._SubParsersAction, at_least) -> None:
+    """The ``generate``, ``interpolate`` and ``export`` subcommands."""
+    source = "a training checkpoint (.ckpt), an export folder, or a Hugging Face Hub repo id"
+    generate = commands.add_parser(
+        "generate",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="render faces from seeds as PNGs or one grid",
+        description="Renders faces seed, seed+1, ... as PNG files (or one grid). The same seed gives the same "
+        "face on every machine. Truncation shrinks each latent toward the mean (z' = psi * z).",
+    )
+    generate.add_argument("generator", help=source)
+    generate.add_argument("--num", type=at_least(1), default=16, help=f"faces to render (at most {MAX_IMAGES})")
+    generate.add_argument("--seed", type=at_least(0), default=0, help="the first face's seed")
+    generate.add_argument("--grid", action="store_true", help="one grid.png instead of one PNG per face")
+    generate.add_argument("--truncation", type=_truncation, default=1.0, help="psi in (0, 1]; 0.7 is usual")
+    generate.add_argument(
+        "--attributes",
+        default=None,
+        help="a conditional model's attribute values, NAME=V with V in [0, 1], e.g. Eyeglasses=1,Male=0; "
+        "the others come with each seed (real rows of the training data)",
+    )
+    generate.add_argument("--out", default="generated", help="output folder")
+    generate.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+    walk = commands.add_parser(
+        "interpolate",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="a latent walk through seeds as a GIF",
+        description="A GIF that walks from each seed's face to the next (and back to the first), along great "
+        "circles of the latent space (spherical interpolation: Gaussian latents keep their typical length).",
+    )
+    walk.add_argument("generator", help=source)
+    walk.add_argument("--seeds", type=at_least(0), nargs="+", required=True, help="two or more seeds, in order")
+    walk.add_argument("--frames", type=at_least(2), default=60, help="frames from one seed to the next")
+    walk.add_argument("--truncation", type=_truncation, default=1.0, help="psi in (0, 1]")
+    walk.add_argument("--attributes", default=None, help="fixed attribute values (else each seed's, blended)")
+    walk.add_argument("--frame-ms", type=at_least(10), default=40, help="milliseconds per frame")
+    walk.add_argument("--scale", type=at_least(1), default=2, help="enlarge frames this many times (nearest)")
+    walk.add_argument("--out", default="walk.gif", help="the GIF to write")
+    walk.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+    export = commands.add_parser(
+        "export",
+        help="the generator alone: safetensors weights + config.json (EMA weights when present)",
+        description="Writes OUT/config.json, OUT/model.safetensors and OUT/README.md (huggingface_hub's "
+        "PyTorchModelHubMixin layout; push it with `huggingface-cli upload`). Load it with "
+        "lightning_faces.load_generator(OUT): no Lightning, nothing unpickled.",
+    )
+    export.add_argument("checkpoint", help="a training checkpoint (.ckpt)")
+    export.add_argument("out", help="a new (or empty) folder")
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.command == "export":
+        if not Path(args.checkpoint).is_file():
+            raise FacesError(f"{args.checkpoint} is not a file: export takes a training checkpoint (.ckpt)")
+        from lightning_faces.generator import export
+
+        out = export(args.checkpoint, args.out)
+        print(f"exported to {out}: {load_generator(out).describe()}")
+    elif args.command == "generate":
+        for path in generate(args):
+            print(path)
+    else:
+        print(interpolate(args))
+
+
+def _generator(args: argparse.Namespace) -> FaceGenerator:
+    return load_generator(args.generator, device=args.device)
+
+
+def generate(args: argparse.Namespace) -> list[Path]:
+    if args.num > MAX_IMAGES:
+        raise FacesError(f"--num {args.num} is more than {MAX_IMAGES} faces per command: run it in parts with --seed")
+    generator = _generator(args)
+    values = parse_attribute_values(args.attributes, generator.attributes, fractions=True)
+    out = Path(args.out)
+    seeds = list(range(args.seed, args.seed + args.num))
+    images = torch.cat(
+        [generator.render_seeds(seeds[i : i + 256], values, args.truncation) for i in range(0, len(seeds), 256)]
+    )
+    if args.grid:
+        grid = make_grid(images, nrow=math.ceil(math.sqrt(len(images))), padding=2, pad_value=255)
+        return [save_png(grid, out / "grid.png")]
+    return [save_png(image, out / f"seed{seed:06d}.png") for seed, image in zip(seeds, images, strict=True)]
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation from ``a`` (t=0) to ``b`` (t=1); linear when they are parallel."""
+    cosine = torch.dot(a / a.norm(), b / b.norm()).clamp(-1.0, 1.0)
+    angle = torch.arccos(cosine)
+    if angle.abs() < 1e-4:
+        return (1 - t) * a + t * b
+    return (torch.sin((1 - t) * angle) * a + torch.sin(t * angle) * b) / torch.sin(angle)
+
+
+def interpolate(args: argparse.Namespace) -> Path:
+    if len(args.seeds) < 2:
+        raise FacesError("--seeds needs at least two seeds to walk between")
+    if len(args.seeds) * args.frames > MAX_FRAMES:
+        raise FacesError(f"{len(args.seeds)} seeds x {args.frames} frames is more than {MAX_FRAMES} frames")
+    generator = _generator(args)
+    values = parse_attribute_values(args.attributes, generator.attributes, fractions=True)
+    latents = [generator.seed_latent(seed) for seed in args.seeds]
+    rows = [generator.seed_attributes(seed) for seed in args.seeds]
+    if generator.attributes:
+        rows = [generator.with_values(row, values) for row in rows]
+    elif values:
+        raise FacesError("this generator is unconditional: it takes no attribute values")
+    frames_z, frames_y = [], []
+    for index in range(len(latents)):  # the last segment closes the loop
+        following = (index + 1) % len(latents)
+        for frame in range(args.frames):
+            t = frame / args.frames
+            frames_z.append(slerp(latents[index], latents[following], t))
+            if generator.attributes:
+                frames_y.append((1 - t) * rows[index] + t * rows[following])
+    z = torch.stack(frames_z)
+    y = torch.stack(frames_y) if frames_y else None
+    images = generator.render(z, y, args.truncation)
+    size = generator.image_size * args.scale
+    pictures = [as_image(image).resize((size, size), Image.Resampling.NEAREST) for image in images]
+    out = Path(args.out)
+    with atomic_path(out) as tmp:
+        pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:], duration=args.frame_ms, loop=0)
+    return out
+
+
+__all__ = ["as_image", "generate", "interpolate", "save_png", "slerp", "truncate"]

@@ -1,0 +1,222 @@
+"""generate, interpolate, export and load_generator, through the real entry point; the page's logic."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from lightning_faces import FacesError, load_generator
+from lightning_faces.app import Studio
+from lightning_faces.control import latent_directions
+from lightning_faces.module import GAN
+from lightning_faces.play import slerp
+from tests.conftest import REPO, run_cli
+
+ATTRIBUTES = ["Black_Hair", "Blond_Hair", "Eyeglasses"]
+TINY = [
+    "--config", str(REPO / "configs" / "quickstart.yaml"),
+    "--data.image_size", "16", "--data.num_images", "64", "--data.num_val_images", "0", "--data.batch_size", "8",
+    "--model.generator.init_args.latent_dim", "8", "--model.generator.init_args.width", "4",
+    "--model.discriminator.init_args.width", "4", "--model.ema_decay", "0.9",
+    "--trainer.max_steps", "4", "--trainer.enable_progress_bar", "false",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """A conditional and an unconditional quickstart, trained 4 iterations at 16 px through the CLI."""
+    root = tmp_path_factory.mktemp("play")
+    made = {}
+    for name, extra in (("conditional", ["--data.attributes", f"[{', '.join(ATTRIBUTES)}]"]), ("plain", [])):
+        result = run_cli(["fit", *TINY, *extra, "--trainer.logger.init_args.name", name], cwd=root)
+        assert result.returncode == 0, result.stderr[-3000:]
+        made[name] = root / "runs" / name / "version_0" / "checkpoints" / "last.ckpt"
+    return made
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def chw(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image.copy()).permute(2, 0, 1)
+
+
+def test_generate_gives_the_same_face_for_a_seed_whatever_the_batch(checkpoints, tmp_path):
+    ckpt = checkpoints["conditional"]
+    first = run_cli(["generate", str(ckpt), "--num", "3", "--seed", "5", "--out", "a"], cwd=tmp_path)
+    again = run_cli(["generate", str(ckpt), "--num", "1", "--seed", "6", "--out", "b"], cwd=tmp_path)
+    assert first.returncode == 0 and again.returncode == 0, first.stderr[-2000:] + again.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["seed000005.png", "seed000006.png", "seed000007.png"]
+    assert np.array_equal(pixels(tmp_path / "a" / "seed000006.png"), pixels(tmp_path / "b" / "seed000006.png"))
+    assert pixels(tmp_path / "a" / "seed000006.png").shape == (16, 16, 3)
+    assert not np.array_equal(pixels(tmp_path / "a" / "seed000005.png"), pixels(tmp_path / "a" / "seed000006.png"))
+    grid = run_cli(["generate", str(ckpt), "--num", "4", "--grid", "--out", "g"], cwd=tmp_path)
+    assert grid.returncode == 0 and Image.open(tmp_path / "g" / "grid.png").size == (2 * 18 + 2, 2 * 18 + 2)
+
+
+def test_generate_applies_truncation_and_attributes_as_documented(checkpoints, tmp_path):
+    ckpt = checkpoints["conditional"]
+    args = ["generate", str(ckpt), "--seed", "3", "--num", "1", "--truncation", "0.5", "--attributes", "Blond_Hair=1"]
+    assert run_cli([*args, "--out", "t"], cwd=tmp_path).returncode == 0
+    generator = load_generator(ckpt)
+    row = generator.seed_attributes(3)
+    row[ATTRIBUTES.index("Blond_Hair")], row[ATTRIBUTES.index("Black_Hair")] = 1.0, 0.0  # exclusive hair colours
+    expected = generator.render(0.5 * generator.seed_latent(3)[None], row[None])[0]
+    assert torch.equal(chw(pixels(tmp_path / "t" / "seed000003.png")), expected)
+    untruncated = generator.render(generator.seed_latent(3)[None], row[None])[0]
+    assert not torch.equal(expected, untruncated)
+
+
+def test_generate_refuses_bad_requests_in_one_line(checkpoints, tmp_path):
+    cases = [
+        (["generate", str(checkpoints["conditional"]), "--attributes", "Smiling=1"], "its attributes are Black_Hair"),
+        (["generate", str(checkpoints["conditional"]), "--attributes", "Eyeglasses=2"], "V in [0, 1]"),
+        (["generate", str(checkpoints["plain"]), "--attributes", "Eyeglasses=1"], "none: it is unconditional"),
+        (["generate", str(checkpoints["plain"]), "--truncation", "1.5"], "must be in (0, 1]"),
+        (["generate", str(tmp_path / "missing.ckpt")], "does not exist"),
+    ]
+    for args, message in cases:
+        result = run_cli([*args, "--out", "x"], cwd=tmp_path)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and message in lines[-1] and lines[-1].startswith("error:"), result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_interpolate_writes_a_looping_walk_through_the_seeds(checkpoints, tmp_path):
+    result = run_cli(
+        ["interpolate", str(checkpoints["plain"]), "--seeds", "1", "2", "3", "--frames", "4", "--scale", "1",
+         "--out", "walk.gif"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    gif = Image.open(tmp_path / "walk.gif")
+    assert gif.n_frames == 12 and gif.size == (16, 16)
+    assert run_cli(["generate", str(checkpoints["plain"]), "--seed", "2", "--num", "1", "--out", "s"], cwd=tmp_path)
+    gif.seek(4)  # frame 4 is seed 2 exactly (GIF colours are quantized: close, not equal)
+    frame = np.asarray(gif.convert("RGB")).astype(int)
+    face = pixels(tmp_path / "s" / "seed000002.png").astype(int)
+    gif.seek(2)
+    between = np.asarray(gif.convert("RGB")).astype(int)
+    assert np.abs(frame - face).mean() < np.abs(between - face).mean()
+
+
+def test_slerp_keeps_the_ends_and_the_length_of_gaussian_latents():
+    a, b = torch.randn(512, generator=torch.Generator().manual_seed(0)), torch.randn(512)
+    assert torch.allclose(slerp(a, b, 0.0), a) and torch.allclose(slerp(a, b, 1.0), b, atol=1e-5)
+    middle = slerp(a, b, 0.5)
+    assert abs(middle.norm() - (a.norm() + b.norm()) / 2) < 0.05 * a.norm()  # a straight line would shrink it
+    assert ((a + b) / 2).norm() < 0.8 * middle.norm()
+
+
+def test_export_writes_safetensors_and_config_that_load_without_lightning(checkpoints, tmp_path):
+    ckpt = checkpoints["conditional"]
+    result = run_cli(["export", str(ckpt), "exported"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = tmp_path / "exported"
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["network"]["class_path"] == "lightning_faces.nets.DCGANGenerator"
+    assert (config["latent_dim"], config["image_size"], config["attributes"]) == (8, 16, ATTRIBUTES)
+    assert config["output_range"] == [-1.0, 1.0] and config["ema"] is True
+    tensors = load_file(out / "model.safetensors")  # plain tensors, nothing to unpickle
+    assert tensors["attribute_pool"].shape[1] == 3
+    exported, original = load_generator(out), load_generator(ckpt)
+    assert torch.equal(exported.render_seeds([0, 1, 2]), original.render_seeds([0, 1, 2]))
+    # the EMA's weights (with their own batch-norm statistics), as training samples them
+    gan = GAN.from_checkpoint(ckpt)
+    latents, rows = (
+        torch.stack([exported.seed_latent(s) for s in (0, 1)]),
+        torch.stack([exported.seed_attributes(s) for s in (0, 1)]),
+    )
+    assert torch.allclose(exported(latents, rows), gan.generate(latents, rows), atol=1e-6)
+    again = run_cli(["export", str(ckpt), "exported"], cwd=tmp_path)
+    assert again.returncode == 2 and "is not empty" in again.stderr
+
+
+def test_load_generator_refuses_foreign_code_and_damaged_files_in_one_line(checkpoints, tmp_path):
+    out = tmp_path / "exported"
+    assert run_cli(["export", str(checkpoints["plain"]), str(out)], cwd=tmp_path).returncode == 0
+    config = json.loads((out / "config.json").read_text())
+    config["network"]["class_path"] = "os.system"
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FacesError, match="os.system is not a lightning_faces network"):
+        load_generator(out)
+    config["network"]["class_path"] = "lightning_faces.nets.DCGANGenerator"
+    (out / "config.json").write_text(json.dumps(config))
+    (out / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(FacesError, match="is not a usable generator"):
+        load_generator(out)
+    with pytest.raises(FacesError, match="is not an exported generator"):
+        load_generator(tmp_path)
+    with pytest.raises(FacesError, match="does not exist"):
+        load_generator(tmp_path / "nothing.ckpt")
+
+
+def test_mixing_takes_each_gene_from_one_parent(checkpoints):
+    studio = Studio(load_generator(checkpoints["conditional"]))
+    a, b = studio.from_seed(1), studio.from_seed(2)
+    a = studio.with_control(a, "Eyeglasses", 1.0)
+    b = studio.with_control(b, "Eyeglasses", 0.0)
+    child = studio.mix(a, b, random.Random(0))
+    assert all(x in (y, z) for x, y, z in zip(child.latent, a.latent, b.latent, strict=True))
+    assert all(child.controls[n] in (a.controls[n], b.controls[n]) for n in ATTRIBUTES)
+    from_a = sum(x == y for x, y in zip(child.latent, a.latent, strict=True))
+    assert 0 < from_a < len(a.latent)  # both parents gave genes: not a copy
+    assert child.seed is None and child.parents == ["seed 1", "seed 2"]
+
+
+def test_the_page_clamps_what_the_browser_sends_and_renders_like_generate(checkpoints):
+    generator = load_generator(checkpoints["conditional"])
+    studio = Studio(generator)
+    character = studio.from_seed(7)
+    assert studio.with_control(character, "Eyeglasses", 7).controls["Eyeglasses"] == 1.0
+    assert studio.with_control(character, "Eyeglasses", float("nan")).controls == character.controls
+    assert studio.with_control(character, "../../etc/passwd", 1).controls == character.controls
+    assert studio.from_seed(-5).seed == 0 and studio.from_seed(2**40).seed == 2**31 - 1
+    edited = studio.with_control(character, "Eyeglasses", 1.0)
+    assert torch.equal(studio.render(edited, 0.7), generator.render_seeds([7], {"Eyeglasses": 1.0}, 0.7)[0])
+    assert torch.equal(studio.render(edited, 99), studio.render(edited, 1.0))  # truncation clamped to 1
+    saved = Path(studio.save_png(studio.render(edited, 1.0), "face"))
+    assert saved.parent.parent == studio.downloads and saved.name == "face.png"
+
+
+class ColourJudge(torch.nn.Module):
+    """A stand-in attribute classifier: "Red", "Green", "Blue" are a face's mean channel values,
+    centred on their medians over a calibration batch (so half of the faces have each)."""
+
+    attribute_names = ("Red", "Green", "Blue")
+
+    def __init__(self, faces: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("centre", faces.mean(dim=(2, 3)).median(dim=0).values)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return 100 * (images.mean(dim=(2, 3)) - self.centre)
+
+
+def test_unconditional_models_get_sliders_that_move_what_the_classifier_sees(checkpoints):
+    generator = load_generator(checkpoints["plain"])
+    judge = ColourJudge(generator(torch.randn(400, 8, generator=torch.Generator().manual_seed(1))))
+    directions = latent_directions(generator, judge, count=400)
+    assert set(directions) == {"Red", "Green", "Blue"}
+    assert all(abs(float(d.norm()) - 1) < 1e-5 and d.shape == (8,) for d in directions.values())
+    studio = Studio(generator, directions)
+    assert studio.names == ["Red", "Green", "Blue"]
+    for column, name in enumerate(studio.names):
+        raised = 0
+        for seed in range(20):
+            character = studio.from_seed(seed)
+            assert set(character.controls.values()) == {0.0}
+            low, high = (studio.render(studio.with_control(character, name, v), 1.0) for v in (-3.0, 3.0))
+            seen = judge(torch.stack([low, high]).float() / 127.5 - 1)[:, column]
+            raised += int(seen[1] > seen[0])
+        assert raised >= 17, f"the {name} slider at +3 made faces more {name} than at -3 for only {raised} of 20"
+    assert studio.with_control(studio.from_seed(0), "Blue", -9).controls["Blue"] == -3.0
