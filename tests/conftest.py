@@ -115,3 +115,26 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.Comp
         text=True,
         timeout=timeout,
     )
+
+
+# generate, interpolate, export and serve (test_play.py, test_app.py)
+PLAY_ATTRIBUTES = ["Black_Hair", "Blond_Hair", "Eyeglasses"]
+PLAY_TINY = [
+    "--config", str(REPO / "configs" / "quickstart.yaml"),
+    "--data.image_size", "16", "--data.num_images", "64", "--data.num_val_images", "0", "--data.batch_size", "8",
+    "--model.generator.init_args.latent_dim", "8", "--model.generator.init_args.width", "4",
+    "--model.discriminator.init_args.width", "4", "--model.ema_decay", "0.9",
+    "--trainer.max_steps", "4", "--trainer.enable_progress_bar", "false",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """A conditional and an unconditional quickstart, trained 4 iterations at 16 px through the CLI."""
+    root = tmp_path_factory.mktemp("play")
+    made = {}
+    for name, extra in (("conditional", ["--data.attributes", f"[{', '.join(PLAY_ATTRIBUTES)}]"]), ("plain", [])):
+        result = run_cli(["fit", *PLAY_TINY, *extra, "--trainer.logger.init_args.name", name], cwd=root)
+        assert result.returncode == 0, result.stderr[-3000:]
+        made[name] = root / "runs" / name / "version_0" / "checkpoints" / "last.ckpt"
+    return made

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import PLAY_ATTRIBUTES as ATTRIBUTES
 from tests.conftest import REPO, run_cli
-from tests.test_play import ATTRIBUTES, TINY
 
 SCREENSHOTS = os.environ.get("LIGHTNING_FACES_SCREENSHOTS")  # a folder to keep the screenshots in
 
@@ -48,17 +48,14 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def page_url(tmp_path_factory):
+def page_url(tmp_path_factory, checkpoints):
     reason = missing_requirements()
     if reason:
         if os.environ.get("LIGHTNING_FACES_REQUIRE_BROWSER"):
             pytest.fail(f"LIGHTNING_FACES_REQUIRE_BROWSER is set, but {reason}")
         pytest.skip(reason)
     root = tmp_path_factory.mktemp("app")
-    trained = run_cli(["fit", *TINY, "--data.attributes", f"[{', '.join(ATTRIBUTES)}]"], cwd=root)
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    checkpoint = root / "runs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt"
-    assert run_cli(["export", str(checkpoint), "exported"], cwd=root).returncode == 0
+    assert run_cli(["export", str(checkpoints["conditional"]), "exported"], cwd=root).returncode == 0
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     log = open(root / "serve.log", "w")

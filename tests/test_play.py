@@ -14,31 +14,12 @@ from safetensors.torch import load_file
 
 from lightning_faces import FacesError, load_generator
 from lightning_faces.app import Studio
+from lightning_faces.cli import main
 from lightning_faces.control import latent_directions
 from lightning_faces.module import GAN
 from lightning_faces.play import slerp
-from tests.conftest import REPO, run_cli
-
-ATTRIBUTES = ["Black_Hair", "Blond_Hair", "Eyeglasses"]
-TINY = [
-    "--config", str(REPO / "configs" / "quickstart.yaml"),
-    "--data.image_size", "16", "--data.num_images", "64", "--data.num_val_images", "0", "--data.batch_size", "8",
-    "--model.generator.init_args.latent_dim", "8", "--model.generator.init_args.width", "4",
-    "--model.discriminator.init_args.width", "4", "--model.ema_decay", "0.9",
-    "--trainer.max_steps", "4", "--trainer.enable_progress_bar", "false",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """A conditional and an unconditional quickstart, trained 4 iterations at 16 px through the CLI."""
-    root = tmp_path_factory.mktemp("play")
-    made = {}
-    for name, extra in (("conditional", ["--data.attributes", f"[{', '.join(ATTRIBUTES)}]"]), ("plain", [])):
-        result = run_cli(["fit", *TINY, *extra, "--trainer.logger.init_args.name", name], cwd=root)
-        assert result.returncode == 0, result.stderr[-3000:]
-        made[name] = root / "runs" / name / "version_0" / "checkpoints" / "last.ckpt"
-    return made
+from tests.conftest import PLAY_ATTRIBUTES as ATTRIBUTES
+from tests.conftest import run_cli
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -75,18 +56,21 @@ def test_generate_applies_truncation_and_attributes_as_documented(checkpoints, t
     assert not torch.equal(expected, untruncated)
 
 
-def test_generate_refuses_bad_requests_in_one_line(checkpoints, tmp_path):
+def test_generate_refuses_bad_requests_in_one_line(checkpoints, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     cases = [
         (["generate", str(checkpoints["conditional"]), "--attributes", "Smiling=1"], "its attributes are Black_Hair"),
         (["generate", str(checkpoints["conditional"]), "--attributes", "Eyeglasses=2"], "V in [0, 1]"),
         (["generate", str(checkpoints["plain"]), "--attributes", "Eyeglasses=1"], "none: it is unconditional"),
         (["generate", str(checkpoints["plain"]), "--truncation", "1.5"], "must be in (0, 1]"),
         (["generate", str(tmp_path / "missing.ckpt")], "does not exist"),
+        (["interpolate", str(checkpoints["plain"]), "--seeds", "4"], "at least two seeds"),
     ]
     for args, message in cases:
-        result = run_cli([*args, "--out", "x"], cwd=tmp_path)
-        lines = result.stderr.strip().splitlines()
-        assert result.returncode == 2 and message in lines[-1] and lines[-1].startswith("error:"), result.stderr
+        with pytest.raises(SystemExit) as stop:
+            main([*args, "--out", "x"])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and message in lines[-1] and lines[-1].startswith("error:"), lines
     assert not (tmp_path / "x").exists()
 
 
