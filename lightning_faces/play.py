@@ -50,8 +50,8 @@ def add_arguments(commands: argparse._SubParsersAction, at_least) -> None:
         "generate",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="render faces from seeds as PNGs or one grid",
-        description="Renders faces seed, seed+1, ... as PNG files (or one grid). The same seed gives the same "
-        "face on every machine. Truncation shrinks each latent toward the mean (z' = psi * z).",
+        description="Renders faces seed, seed+1, ... as PNG files (or one grid). A seed always gives the same "
+        "latent (drawn on the CPU), so the same face. Truncation shrinks each latent toward the mean (z' = psi * z).",
     )
     generate.add_argument("generator", help=source)
     generate.add_argument("--num", type=at_least(1), default=16, help=f"faces to render (at most {MAX_IMAGES})")

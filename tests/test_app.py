@@ -141,12 +141,23 @@ def test_randomize_sliders_save_mix_and_download_in_a_browser(page_url, tmp_path
         }
         page.screenshot(path=str(shots / "serve-slider.png"), full_page=True)
 
+        # drag the truncation slider from 1 to about its middle: the face changes, the genes do not
+        box = page.locator("#truncation input[type=range]").bounding_box()
+        y = box["y"] + box["height"] / 2
+        face = face_source()
+        page.mouse.move(box["x"] + box["width"] - 1, y)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] / 2, y, steps=8)
+        page.mouse.up()
+        page.wait_for_function("src => document.querySelector('#face img')?.src !== src", arg=face, timeout=30_000)
+        truncation = float(page.locator("#truncation input[type=number]").input_value())
+        assert 0.3 < truncation < 0.8 and genes() == edited
+
         # download the face on screen, then render the same seed, attributes and truncation with generate
         with page.expect_download() as download:
             page.click("#download")
         png = tmp_path / "downloaded.png"
         download.value.save_as(png)
-        truncation = float(page.locator("#truncation input[type=number]").input_value())
         values = ",".join(f"{k}={v:g}" for k, v in edited["controls"].items())
         made = run_cli(
             ["generate", str(root / "exported"), "--seed", str(edited["seed"]), "--num", "1", "--truncation",
