@@ -16,8 +16,8 @@ weights are loaded without unpickling. Offline: no fonts, scripts or analytics a
 (system fonts in the theme, analytics off, no share link, server-side rendering off).
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: Gradio reads the event handlers' annotations
+# (gr.SelectData) at run time, and a string annotation hides the event from it
 import argparse
 import json
 import os

@@ -247,6 +247,8 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Face
     local = Path(text).expanduser()
     try:
         if local.is_file():
+            if local.suffix not in (".ckpt", ".pt", ".pth"):
+                raise FacesError(f"{local} is not a checkpoint (.ckpt) or an export folder")
             generator = from_checkpoint(local)
         elif local.is_dir():
             if not (local / "config.json").is_file() or not (local / "model.safetensors").is_file():
@@ -284,6 +286,11 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         generator.save_pretrained(staging, model_card_kwargs={"description": generator.describe()})
+        umask = os.umask(0)
+        os.umask(umask)
+        for file in staging.iterdir():  # mkdtemp and the writers make them private; make them ordinary
+            file.chmod(0o666 & ~umask)
+        staging.chmod(0o777 & ~umask)
         if out.exists():
             out.rmdir()
         os.replace(staging, out)

@@ -181,6 +181,10 @@ def test_randomize_sliders_save_mix_and_download_in_a_browser(page_url, tmp_path
         assert 0 < sum(x == a for x, a in zip(child["latent"], edited["latent"], strict=True)) < len(child["latent"])
         assert all(child["controls"][k] in (edited["controls"][k], parent_b["controls"][k]) for k in ATTRIBUTES)
 
+        # a click on a saved character brings it back
+        back = after(lambda: page.locator("#saved img").first.click(), genes_box.input_value())
+        assert back == edited
+
         page.click("#ten")
         page.wait_for_function(
             "[...document.querySelectorAll('#grid img')].filter(i => i.complete && i.naturalWidth > 0).length >= 10",

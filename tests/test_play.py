@@ -106,6 +106,7 @@ def test_export_writes_safetensors_and_config_that_load_without_lightning(checkp
     assert result.returncode == 0, result.stderr[-2000:]
     out = tmp_path / "exported"
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert all(p.stat().st_mode & 0o044 for p in [out, *out.iterdir()])  # readable by others, as files usually are
     config = json.loads((out / "config.json").read_text())
     assert config["network"]["class_path"] == "lightning_faces.nets.DCGANGenerator"
     assert (config["latent_dim"], config["image_size"], config["attributes"]) == (8, 16, ATTRIBUTES)
@@ -142,6 +143,8 @@ def test_load_generator_refuses_foreign_code_and_damaged_files_in_one_line(check
         load_generator(tmp_path)
     with pytest.raises(FacesError, match="does not exist"):
         load_generator(tmp_path / "nothing.ckpt")
+    with pytest.raises(FacesError, match="is not a checkpoint"):
+        load_generator(out / "README.md")
 
 
 def test_mixing_takes_each_gene_from_one_parent(checkpoints):
