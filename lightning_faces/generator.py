@@ -24,6 +24,7 @@ import contextlib
 import importlib
 import io
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ except ModuleNotFoundError:  # pragma: no cover - a dependency; named in the err
 
 
 NETWORKS = "lightning_faces.nets."
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "user/name"
 MAX_BATCH = 256  # images rendered per forward pass
 MODEL_CARD = """---
 {{ card_data }}
@@ -258,10 +260,17 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Face
                 )
             with contextlib.redirect_stdout(io.StringIO()):  # huggingface_hub prints where it loads from
                 generator = FaceGenerator.from_pretrained(local, strict=True)
-        elif os.sep in text or text.endswith((".ckpt", ".pt")) or text.count("/") != 1:
-            raise FacesError(f"{text} does not exist (expected a checkpoint file or an exported folder)")
-        else:  # a Hub repo id, "user/name"
-            generator = FaceGenerator.from_pretrained(text, strict=True)
+        elif HUB_ID.fullmatch(text) and not text.endswith((".ckpt", ".pt", ".pth")):
+            try:  # a Hub repo id, "user/name" (downloaded once into huggingface_hub's cache)
+                generator = FaceGenerator.from_pretrained(text, strict=True)
+            except Exception as error:
+                message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise FacesError(
+                    f"{text} is not a local file or folder, and loading it as a Hugging Face Hub repo id failed "
+                    f"({message})"
+                ) from error
+        else:
+            raise FacesError(f"{text} does not exist (expected a checkpoint file, an exported folder or a Hub repo id)")
     except FacesError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as error:

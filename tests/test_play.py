@@ -147,6 +147,12 @@ def test_load_generator_refuses_foreign_code_and_damaged_files_in_one_line(check
         load_generator(out / "README.md")
 
 
+def test_a_hub_repo_id_that_cannot_be_fetched_is_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network in tests: as a machine without internet
+    with pytest.raises(FacesError, match="someone/faces is not a local file or folder, and loading it as a Hugging"):
+        load_generator("someone/faces")
+
+
 def test_mixing_takes_each_gene_from_one_parent(checkpoints):
     studio = Studio(load_generator(checkpoints["conditional"]))
     a, b = studio.from_seed(1), studio.from_seed(2)
