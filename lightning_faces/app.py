@@ -5,7 +5,7 @@ face, sliders move its controls, the truncation slider shrinks its latent toward
 Save keeps it in a gallery (click one to bring it back); Mix makes a child of two saved
 characters where each gene (each latent entry and each control value) is copied from one
 parent or the other at random, never averaged. Download PNG gives the face at the generator's
-own size, the same bytes ``generate`` writes for the same seed, attributes and truncation.
+own size, the same pixels ``generate`` writes for the same seed, attributes and truncation.
 
 Controls are a conditional model's attributes (0 to 1), or, for an unconditional model given an
 attribute classifier, offsets along latent directions found with it (``control.latent_directions``).
