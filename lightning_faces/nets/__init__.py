@@ -2,6 +2,15 @@
 
 from lightning_faces.nets.contract import Scores
 from lightning_faces.nets.dcgan import DCGANDiscriminator, DCGANGenerator
+from lightning_faces.nets.progressive import ProgressiveDiscriminator, ProgressiveGenerator
 from lightning_faces.nets.resnet import ResNetDiscriminator, ResNetGenerator
 
-__all__ = ["Scores", "DCGANDiscriminator", "DCGANGenerator", "ResNetDiscriminator", "ResNetGenerator"]
+__all__ = [
+    "Scores",
+    "DCGANDiscriminator",
+    "DCGANGenerator",
+    "ProgressiveDiscriminator",
+    "ProgressiveGenerator",
+    "ResNetDiscriminator",
+    "ResNetGenerator",
+]
