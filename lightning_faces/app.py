@@ -34,6 +34,7 @@ import torch
 
 from lightning_faces.errors import FacesError
 from lightning_faces.generator import FaceGenerator, load_generator
+from lightning_faces.play import add_source, as_image, save_png
 
 MAX_SEED = 2**31 - 1
 MAX_SAVED = 24
@@ -51,7 +52,7 @@ def add_arguments(commands: argparse._SubParsersAction, at_least) -> None:
         description="Starts a local page: Randomize, a seed box, sliders, truncation, Save, Mix, Download PNG "
         "and a grid of 10. Needs the app extra: pip install -e '.[app]'.",
     )
-    serve.add_argument("generator", help="a training checkpoint (.ckpt), an export folder or a Hub repo id")
+    add_source(serve)
     serve.add_argument(
         "--classifier",
         default=None,
@@ -61,7 +62,6 @@ def add_arguments(commands: argparse._SubParsersAction, at_least) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind; anything else exposes the page")
     serve.add_argument("--port", type=at_least(1), default=7860)
     serve.add_argument("--directions-samples", type=at_least(100), default=2000, help="faces used to find directions")
-    serve.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass
@@ -135,8 +135,6 @@ class Studio:
         return Character(latent, controls, None, [label(a), label(b)])
 
     def save_png(self, image: torch.Tensor, name: str = "face") -> str:
-        from lightning_faces.play import save_png
-
         path = self.downloads / uuid.uuid4().hex / f"{name}.png"  # names made here, never by the browser
         return str(save_png(image, path))
 
@@ -152,8 +150,6 @@ def build_page(studio: Studio, title: str):
     """The Gradio Blocks of the page."""
     import gradio as gr
     from PIL import Image
-
-    from lightning_faces.play import as_image
 
     def big(image: torch.Tensor):
         """The face enlarged for the screen (nearest neighbour: its pixels stay visible)."""
@@ -289,7 +285,8 @@ def build_page(studio: Studio, title: str):
 
 
 def offline_theme():
-    """Gradio's default theme with system fonts: the stock one fetches fonts from Google."""
+    """Gradio's default theme with the system's fonts, so the page never depends on font files
+    from elsewhere (with Gradio 6.31 the stock theme made no outside request either)."""
     import gradio as gr
 
     system = ["ui-sans-serif", "system-ui", "sans-serif"]

@@ -30,20 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import PyTorchModelHubMixin
 from safetensors import SafetensorError
 from torch import nn
 
 from lightning_faces.data.attributes import switch_on
 from lightning_faces.errors import FacesError
-
-try:
-    from huggingface_hub import PyTorchModelHubMixin
-except ModuleNotFoundError:  # pragma: no cover - a dependency; named in the error below
-
-    class PyTorchModelHubMixin:  # type: ignore[no-redef]
-        def __init_subclass__(cls, **kwargs: Any) -> None:
-            super().__init_subclass__()
-
 
 NETWORKS = "lightning_faces.nets."
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "user/name"
@@ -217,13 +209,14 @@ def from_checkpoint(path: str | Path, ema: bool = True) -> FaceGenerator:
     from lightning_faces.checkpoint import gan_settings, load_checkpoint
     from lightning_faces.module import GAN
 
-    model = GAN.from_checkpoint(path)
+    checkpoint = load_checkpoint(path)
+    model = GAN.from_loaded(checkpoint, path)
     network = model.generator
     use_ema = bool(ema and model.hparams.ema_decay is not None)
     if use_ema:
         model.refresh_ema_statistics()  # the EMA's own batch-norm statistics, as sampling uses
         network = model.generator_ema
-    spec = dict(gan_settings(load_checkpoint(path), path)["generator"])
+    spec = dict(gan_settings(checkpoint, path)["generator"])
     spec["init_args"] = {**(spec.get("init_args") or {}), "image_size": model.image_size}
     spec["init_args"]["attributes"] = list(model.attribute_names)
     pool = model.attribute_pool if model.attribute_names else torch.zeros(0, 0)

@@ -228,9 +228,15 @@ class GAN(L.LightningModule):
         (only this package's classes); ``load_from_checkpoint`` would instantiate whatever
         classes the file names. A bad file, or one from lightning_faces 0.1, is one line.
         """
-        from lightning_faces.checkpoint import build, gan_settings, load_checkpoint
+        from lightning_faces.checkpoint import load_checkpoint
 
-        checkpoint = load_checkpoint(path, map_location=map_location)
+        return cls.from_loaded(load_checkpoint(path, map_location=map_location), path)
+
+    @classmethod
+    def from_loaded(cls, checkpoint: dict[str, Any], path: str | Path) -> GAN:
+        """As ``from_checkpoint``, for a checkpoint already read with ``checkpoint.load_checkpoint``."""
+        from lightning_faces.checkpoint import build, gan_settings
+
         model = cls(**{key: build(value, path) for key, value in gan_settings(checkpoint, path).items()})
         model.restore(checkpoint)
         return model

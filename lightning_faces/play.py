@@ -43,9 +43,16 @@ def _truncation(text: str) -> float:
     return value
 
 
+def add_source(parser: argparse.ArgumentParser) -> None:
+    """The generator to load and where to run it: what generate, interpolate and serve share."""
+    parser.add_argument(
+        "generator", help="a training checkpoint (.ckpt), an export folder, or a Hugging Face Hub repo id"
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
 def add_arguments(commands: argparse._SubParsersAction, at_least) -> None:
     """The ``generate``, ``interpolate`` and ``export`` subcommands."""
-    source = "a training checkpoint (.ckpt), an export folder, or a Hugging Face Hub repo id"
     generate = commands.add_parser(
         "generate",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -53,7 +60,7 @@ def add_arguments(commands: argparse._SubParsersAction, at_least) -> None:
         description="Renders faces seed, seed+1, ... as PNG files (or one grid). A seed always gives the same "
         "latent (drawn on the CPU), so the same face. Truncation shrinks each latent toward the mean (z' = psi * z).",
     )
-    generate.add_argument("generator", help=source)
+    add_source(generate)
     generate.add_argument("--num", type=at_least(1), default=16, help=f"faces to render (at most {MAX_IMAGES})")
     generate.add_argument("--seed", type=at_least(0), default=0, help="the first face's seed")
     generate.add_argument("--grid", action="store_true", help="one grid.png instead of one PNG per face")
@@ -65,7 +72,6 @@ def add_arguments(commands: argparse._SubParsersAction, at_least) -> None:
         "the others come with each seed (real rows of the training data)",
     )
     generate.add_argument("--out", default="generated", help="output folder")
-    generate.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
     walk = commands.add_parser(
         "interpolate",
@@ -74,7 +80,7 @@ def add_arguments(commands: argparse._SubParsersAction, at_least) -> None:
         description="A GIF that walks from each seed's face to the next (and back to the first), along great "
         "circles of the latent space (spherical interpolation: Gaussian latents keep their typical length).",
     )
-    walk.add_argument("generator", help=source)
+    add_source(walk)
     walk.add_argument("--seeds", type=at_least(0), nargs="+", required=True, help="two or more seeds, in order")
     walk.add_argument("--frames", type=at_least(2), default=60, help="frames from one seed to the next")
     walk.add_argument("--truncation", type=_truncation, default=1.0, help="psi in (0, 1]")
@@ -82,13 +88,12 @@ def add_arguments(commands: argparse._SubParsersAction, at_least) -> None:
     walk.add_argument("--frame-ms", type=at_least(10), default=40, help="milliseconds per frame")
     walk.add_argument("--scale", type=at_least(1), default=2, help="enlarge frames this many times (nearest)")
     walk.add_argument("--out", default="walk.gif", help="the GIF to write")
-    walk.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
     export = commands.add_parser(
         "export",
         help="the generator alone: safetensors weights + config.json (EMA weights when present)",
         description="Writes OUT/config.json, OUT/model.safetensors and OUT/README.md (huggingface_hub's "
-        "PyTorchModelHubMixin layout; push it with `huggingface-cli upload`). Load it with "
+        "PyTorchModelHubMixin layout; push it with `hf upload`). Load it with "
         "lightning_faces.load_generator(OUT): no Lightning, nothing unpickled.",
     )
     export.add_argument("checkpoint", help="a training checkpoint (.ckpt)")
@@ -121,9 +126,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
     values = parse_attribute_values(args.attributes, generator.attributes, fractions=True)
     out = Path(args.out)
     seeds = list(range(args.seed, args.seed + args.num))
-    images = torch.cat(
-        [generator.render_seeds(seeds[i : i + 256], values, args.truncation) for i in range(0, len(seeds), 256)]
-    )
+    images = generator.render_seeds(seeds, values, args.truncation)  # G runs in batches of MAX_BATCH
     if args.grid:
         grid = make_grid(images, nrow=math.ceil(math.sqrt(len(images))), padding=2, pad_value=255)
         return [save_png(grid, out / "grid.png")]

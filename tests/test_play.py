@@ -83,7 +83,8 @@ def test_interpolate_writes_a_looping_walk_through_the_seeds(checkpoints, tmp_pa
     assert result.returncode == 0, result.stderr[-2000:]
     gif = Image.open(tmp_path / "walk.gif")
     assert gif.n_frames == 12 and gif.size == (16, 16)
-    assert run_cli(["generate", str(checkpoints["plain"]), "--seed", "2", "--num", "1", "--out", "s"], cwd=tmp_path)
+    made = run_cli(["generate", str(checkpoints["plain"]), "--seed", "2", "--num", "1", "--out", "s"], cwd=tmp_path)
+    assert made.returncode == 0, made.stderr[-2000:]
     gif.seek(4)  # frame 4 is seed 2 exactly (GIF colours are quantized: close, not equal)
     frame = np.asarray(gif.convert("RGB")).astype(int)
     face = pixels(tmp_path / "s" / "seed000002.png").astype(int)
