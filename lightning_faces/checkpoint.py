@@ -84,7 +84,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
 # what a checkpoint's settings may name as a class: this package's networks, objectives,
 # regularizers and augmentation. Anything else is refused, as pickled code is: the settings of
 # a checkpoint from elsewhere must not choose which code runs.
-BUILDABLE = tuple(f"lightning_faces.{name}." for name in ("nets", "objectives", "regularizers", "augment"))
+BUILDABLE = tuple(f"lightning_faces.{name}." for name in ("nets", "objectives", "regularizers", "augment", "growth"))
 
 
 def gan_settings(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:

@@ -51,6 +51,8 @@ class GANDDPStrategy(DDPStrategy):
         no_forward_sync = "forward_sync_buffers" if _HAS_FORWARD_SYNC else "broadcast_buffers"
         options = {k: v for k, v in self._ddp_kwargs.items() if k not in ("broadcast_buffers", "forward_sync_buffers")}
         options[no_forward_sync] = False
+        if hasattr(net, "grow"):  # growing: blocks above the current level (and a faded-out RGB layer) sit idle
+            options["find_unused_parameters"] = True
         return DistributedDataParallel(net, device_ids=self.determine_ddp_device_ids(), **options)
 
     def teardown(self) -> None:

@@ -36,6 +36,7 @@ from torch import nn
 
 from lightning_faces.data.attributes import switch_on
 from lightning_faces.errors import FacesError
+from lightning_faces.growth import enlarge
 
 NETWORKS = "lightning_faces.nets."
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "user/name"
@@ -173,7 +174,7 @@ class FaceGenerator(
         for start in range(0, len(latents), MAX_BATCH):
             z = latents[start : start + MAX_BATCH].to(self.device, torch.float32)
             labels = None if not self.attributes else attributes[start : start + MAX_BATCH].to(self.device).float()
-            images.append(self.network(z, labels))
+            images.append(enlarge(self.network(z, labels), self.image_size))  # a run stopped mid-growth: enlarged
         return torch.cat(images)
 
     def render(

@@ -20,6 +20,7 @@ from lightning_faces.data import to_float, to_uint8
 from lightning_faces.data.attributes import switch_on
 from lightning_faces.distributed import GANDDPStrategy, average_over_ranks, batch_norm_statistics
 from lightning_faces.errors import FacesError
+from lightning_faces.growth import Growth, enlarge, real_images_at
 from lightning_faces.nets.contract import Scores
 from lightning_faces.nets.virtual_batch_norm import uses_virtual_batch_norm
 from lightning_faces.objectives import AttributeLoss, NonSaturating, Objective
@@ -55,6 +56,8 @@ def _describe_objects_in(hparams: dict[str, Any]) -> None:
     """
 
     def describe(value: Any) -> Any:
+        if isinstance(value, Growth):  # plain settings: a checkpoint can hold and rebuild them
+            return {"class_path": f"{Growth.__module__}.{Growth.__qualname__}", "init_args": dict(vars(value))}
         if isinstance(value, nn.Module):
             # its settings are the object's own business: only its class is known here
             return {"class_path": f"{type(value).__module__}.{type(value).__qualname__}", "init_args_unknown": True}
@@ -116,6 +119,8 @@ class GAN(L.LightningModule):
             convolutions on recent GPUs, with ``trainer.precision: bf16-mixed``).
         compile: compile G and D with ``torch.compile`` at the start of fit (slow first
             iterations, then faster ones on a GPU; checkpoints keep the same keys).
+        growth: grow G and D from a low resolution to the data's, ProGAN's way (``growth.Growth``;
+            networks from ``nets.progressive``). ``None``: train at the data's resolution throughout.
         seed: seeds the training latents, the fixed latents and the virtual-batch-norm references.
     """
 
@@ -142,6 +147,7 @@ class GAN(L.LightningModule):
         num_fixed_samples: int = 64,
         channels_last: bool = False,
         compile: bool = False,
+        growth: Growth | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -213,7 +219,20 @@ class GAN(L.LightningModule):
             if not 0 < ema_decay < 1:
                 raise FacesError(f"ema_decay must be between 0 and 1 (e.g. 0.999), got {ema_decay}")
             self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+        self.growth = growth
+        if growth is not None:
+            for name, net in (("generator", generator), ("discriminator", discriminator)):
+                if not hasattr(net, "grow"):
+                    raise FacesError(
+                        f"model.growth needs networks that grow: model.{name} {type(net).__name__} does not "
+                        "(use lightning_faces.nets.ProgressiveGenerator and ProgressiveDiscriminator)"
+                    )
+            growth.check(self.image_size)
+            if growth.learning_rates and lr_decay != "none":
+                raise FacesError("model.growth.learning_rates and model.lr_decay both set the learning rate: keep one")
         self.iteration = 0  # batches trained on; saved in checkpoints
+        self.images_shown = 0  # real images trained on, over all ranks; saved in checkpoints (growth)
+        self._frozen = False  # growth: only the newest layers learn this iteration
         self._replicas: dict[str, nn.Module] = {}  # DDP wrappers of G and D (GANDDPStrategy)
         self._latent_rng: torch.Generator | None = None
         self._compiled = False
@@ -301,10 +320,12 @@ class GAN(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         real, real_attributes = batch  # (B, 3, S, S) in [-1, 1]; (B, A) in {0, 1}, A = 0 unconditional
         hp = self.hparams
-        if hp.channels_last:
-            real = real.contiguous(memory_format=torch.channels_last)
         d_opt, g_opt = self.optimizers()
         self._count_iterations_not_optimizer_steps(d_opt, g_opt)
+        if self.growth is not None:  # this iteration's resolution: (B', 3, R, R), B' <= B
+            real, real_attributes = self._grow(real, real_attributes, d_opt, g_opt)
+        if hp.channels_last:
+            real = real.contiguous(memory_format=torch.channels_last)
         batch_size = real.shape[0]
         logs: dict[str, torch.Tensor] = {}
 
@@ -338,6 +359,7 @@ class GAN(L.LightningModule):
             penalties = self._penalties(self.d_regularizers, step, "d", logs)
             d_opt.zero_grad(set_to_none=True)
             self.manual_backward(d_loss + penalties)
+            self._hold_old_layers(self.discriminator)
             self._clip(d_opt)
             d_opt.step()
             for regularizer in self.d_regularizers:
@@ -369,6 +391,8 @@ class GAN(L.LightningModule):
             # for the device to finish the step
             values = torch.stack([logs["train/d_loss"], logs["train/d_real"], logs["train/d_fake"]]).tolist()
             self.progress = dict(zip(("d_loss", "D(x)", "D(G(z))"), values, strict=True))
+            if self.growth is not None:
+                self.progress.update(res=self.generator.resolution, alpha=float(self.generator.alpha))
         self.iteration += 1
 
     def _generator_step(
@@ -397,6 +421,7 @@ class GAN(L.LightningModule):
             g_loss = g_loss + self._penalties(self.g_regularizers, step, "g", logs)
             g_opt.zero_grad(set_to_none=True)
             self.manual_backward(g_loss)
+            self._hold_old_layers(self.generator)
             self._clip(g_opt)
             g_opt.step()
         for regularizer in self.g_regularizers:
@@ -404,6 +429,50 @@ class GAN(L.LightningModule):
         if self.hparams.ema_decay is not None:
             self._update_ema_weights()
         return g_loss.detach()
+
+    def _grow(
+        self, real: torch.Tensor, attributes: torch.Tensor, d_opt: Any, g_opt: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sets this iteration's phase (from the images shown so far) and brings the batch to it."""
+        growth = self.growth
+        assert growth is not None
+        phase = growth.phase(self.images_shown, self.image_size)
+        new_level = phase.level != int(self.generator.level)  # the buffer holds the last iteration's
+        if new_level and growth.reset_optimizers and self.images_shown > 0:
+            for optimizer in (d_opt, g_opt):
+                optimizer.optimizer.state.clear()  # Adam's moments and step counts start again
+        self._set_phase(phase.level, phase.alpha)
+        if growth.learning_rates:
+            for optimizer in (d_opt, g_opt):
+                for group in optimizer.optimizer.param_groups:
+                    own = group.setdefault("growth_base_lr", group["lr"])  # the optimizer's own, kept
+                    group["lr"] = growth.learning_rates.get(phase.resolution, own)
+        self._frozen = growth.frozen(phase)
+        count = min(growth.batch_size(phase.resolution, real.shape[0]), real.shape[0])
+        real, attributes = real[:count], attributes[:count]
+        self.images_shown += count * (self.trainer.world_size if self._trainer is not None else 1)
+        kimg = self.images_shown / 1000
+        self.log_dict({"growth/resolution": float(phase.resolution), "growth/alpha": phase.alpha, "growth/kimg": kimg})
+        return real_images_at(real, phase.resolution, phase.alpha), attributes
+
+    def _set_phase(self, level: int, alpha: float) -> None:
+        for net in (self.generator, self.discriminator, getattr(self, "generator_ema", None)):
+            if net is not None:
+                net.grow(level, alpha)
+
+    def _as_trained(self, real: torch.Tensor) -> torch.Tensor:
+        """Real images at the resolution and fade-in the networks are at (growth), else as they are."""
+        if self.growth is None:
+            return real
+        return real_images_at(real, self.generator.resolution, float(self.generator.alpha))
+
+    def _hold_old_layers(self, net: nn.Module) -> None:
+        """While growth freezes the old layers, drops their gradients: the optimizer skips them."""
+        if self._frozen:
+            newest = {id(p) for p in net.newest_parameters()}
+            for parameter in net.parameters():
+                if id(parameter) not in newest:
+                    parameter.grad = None
 
     @staticmethod
     def _penalties(regularizers: nn.ModuleList, step: Step, player: str, logs: dict[str, torch.Tensor]) -> Any:
@@ -542,7 +611,7 @@ class GAN(L.LightningModule):
         generator.eval()
         try:
             labels = None if attributes is None or not self.attribute_names else attributes.to(self.device, self.dtype)
-            return generator(latents.to(self.device), labels)
+            return enlarge(generator(latents.to(self.device), labels), self.image_size)  # growing: at full size
         finally:
             generator.train(was_training)
 
@@ -555,6 +624,7 @@ class GAN(L.LightningModule):
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, prefix: str) -> None:
         real, real_attributes = batch
+        real = self._as_trained(real)
         real_labels = self._labels(real_attributes)
         fake_labels = self.fake_attributes(real_labels, slot=batch_idx)
         # the same latents for batch i at every evaluation, so numbers compare across epochs
@@ -612,6 +682,16 @@ class GAN(L.LightningModule):
             self.attribute_pool.copy_(self._training_attribute_rows())
         if uses_virtual_batch_norm(self.discriminator) and self.discriminator.reference is None:
             self.discriminator.set_reference(self._reference_images())
+        if self.growth is not None:
+            loaded = getattr(self.trainer.datamodule, "batch_size", None)
+            larger = {r: b for r, b in self.growth.batch_sizes.items() if loaded is not None and b > loaded}
+            if larger:
+                raise FacesError(
+                    f"growth.batch_sizes {larger} exceed data.batch_size {loaded}, the most a batch can hold: "
+                    f"set data.batch_size to {max(larger.values())}"
+                )
+            phase = self.growth.phase(self.images_shown, self.image_size)
+            self._set_phase(phase.level, phase.alpha)  # the first grid shows where training starts
 
     def _training_attribute_rows(self) -> torch.Tensor:
         """Attribute rows of random training images (the same on every rank), for the pool."""
@@ -638,12 +718,14 @@ class GAN(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["iteration"] = self.iteration
+        checkpoint["images_shown"] = self.images_shown
         for logger in self.trainer.loggers:
             if type(logger).__name__ == "WandbLogger":
                 checkpoint["wandb_run_id"] = logger.version  # a resumed run continues this W&B run
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.iteration = int(checkpoint.get("iteration", 0))
+        self.images_shown = int(checkpoint.get("images_shown", 0))
         # reference batches are buffers that start empty: give them the saved shapes first
         state = checkpoint["state_dict"]
         nets = [("generator", self.generator), ("discriminator", self.discriminator)]

@@ -155,10 +155,24 @@ class Hinge(Objective):
 class Wasserstein(Objective):
     """WGAN's critic loss. D must be kept Lipschitz: pair it with ``regularizers.GradientPenalty``
     (WGAN-GP, Gulrajani et al. 2017) or spectral norm. Scores are not probabilities: D(x) in the
-    logs is sigmoid(score), a squashed view."""
+    logs is sigmoid(score), a squashed view.
+
+    Args:
+        drift: weight of ProGAN's drift term, drift * E D(x)^2, which keeps the critic's scores
+            from wandering far from 0 (ProGAN: 0.001; 0 is plain WGAN).
+    """
+
+    def __init__(self, drift: float = 0.0) -> None:
+        super().__init__()
+        if drift < 0:
+            raise FacesError(f"Wasserstein drift must be at least 0 (ProGAN: 0.001), got {drift}")
+        self.drift = drift
 
     def discriminator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-        return wasserstein_discriminator_loss(real_logits, fake_logits)
+        loss = wasserstein_discriminator_loss(real_logits, fake_logits)
+        if self.drift:
+            loss = loss + self.drift * real_logits.square().mean()  # + eps E D(x)^2
+        return loss
 
     def generator_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
         return hinge_generator_loss(fake_logits)  # -E D(G(z)), the same as hinge's G loss

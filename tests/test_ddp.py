@@ -246,3 +246,37 @@ def test_strategies_other_than_ddp_stop_with_one_line(name):
     model._trainer = SimpleNamespace(strategy=strategy.__new__(strategy))
     with pytest.raises(FacesError, match=f"strategy {name} is not supported: use ddp"):
         model.setup("fit")
+
+
+def test_two_ranks_grow_across_phase_changes_and_stay_identical(tmp_path, fake_celeba):
+    # ProGAN's recipe (WGAN-GP: a double backward through D's wrapper; EMA; Adam reset at each new
+    # resolution) at 16px, growing every few iterations: 8 images an iteration over both ranks,
+    # so 4x4 for one iteration, 8x8 fading in over two and stable for one, then 16x16 fading in.
+    # Blocks above the level and an RGB layer after its fade-out get no gradient: DDP must not
+    # wait for them, and the ranks must still agree on every weight.
+    schedule = tmp_path / "schedule.yaml"
+    schedule.write_text(
+        "model:\n"
+        "  growth:\n"
+        "    class_path: lightning_faces.growth.Growth\n"
+        "    init_args: {stable_images: 8, fade_images: 16, batch_sizes: {}, reset_optimizers: true}\n"
+        "  generator: {init_args: {max_channels: 16}}\n"
+        "  discriminator: {init_args: {max_channels: 16}}\n"
+    )
+    states = fit(
+        tmp_path, fake_celeba, "grow", devices=2, batch_size=4, extra=["--config", str(schedule)],
+        config="progressive.yaml",
+    )  # fmt: skip
+    rank0, rank1 = states[0]["state_dict"], states[1]["state_dict"]
+    assert states[0]["iteration"] == 6
+    for net in ("generator", "discriminator", "generator_ema"):
+        assert (int(rank0[f"{net}.level"]), float(rank0[f"{net}.alpha"])) == (2, 0.5)  # 16x16, half in
+    assert states[0]["optimizer_steps"] == states[1]["optimizer_steps"]
+    for name, value in rank0.items():
+        assert torch.equal(value, rank1[name]), f"{name} differs between ranks"
+    # one iteration, at 4x4, leaves the 8x8 and 16x16 blocks as built: the two ranks trained them all
+    once = ["--config", str(schedule), "--trainer.max_steps", "1"]
+    first = fit(tmp_path, fake_celeba, "first", devices=1, batch_size=8, extra=once, config="progressive.yaml")
+    first = first[0]["state_dict"]
+    for block in ("generator.blocks.0.0.weight", "generator.blocks.1.1.weight", "discriminator.blocks.1.0.weight"):
+        assert not torch.equal(rank0[block], first[block]), block

@@ -19,8 +19,8 @@ ProGAN's other ingredients, as the paper and its official code define them:
 G ends in a linear toRGB layer (no tanh), as ProGAN's; images are used in [-1, 1] and clamped
 when saved.
 
-Growing (the schedule of levels and alpha over images shown) is not driven yet: ``grow`` sets
-them by hand, and the default is the final level with alpha 1 (a fixed-size ProGAN network).
+``lightning_faces.growth`` drives ``grow`` over training (``GAN(growth=...)``); without it the
+networks stay at their default, the final level with alpha 1 (a fixed-size ProGAN network).
 """
 
 from __future__ import annotations
@@ -118,6 +118,13 @@ class _Growing(nn.Module):
     def resolution(self) -> int:
         """The side of the images at the current level."""
         return 4 * 2 ** int(self.level)
+
+    def newest_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the current level's own layers (its block and RGB layer)."""
+        level = int(self.level)
+        rgb = self.to_rgb if hasattr(self, "to_rgb") else self.from_rgb
+        block = list(self.blocks[level - 1].parameters()) if level > 0 else []
+        return block + list(rgb[level].parameters())
 
 
 class ProgressiveGenerator(_Growing):
