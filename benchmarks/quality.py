@@ -42,6 +42,24 @@ from lightning_faces.module import GAN
 
 CONFIGS = REPO / "configs"
 
+
+def flags_of(values: dict[str, Any], prefix: str) -> list[str]:
+    return [item for key, value in values.items() for item in (f"{prefix}{key}", str(value))]
+
+
+PROGRESSIVE_CPU = [
+    "--model.objective", "lightning_faces.objectives.NonSaturating",
+    "--model.d_regularizers", "[]",
+    "--model.ema_decay", "0.995",
+    "--model.generator.init_args.max_channels", "64",
+    "--model.discriminator.init_args.max_channels", "64",
+    "--model.generator.init_args.latent_dim", "128",
+]  # fmt: skip
+PROGRESSIVE_CPU_GROWTH = flags_of(
+    {"start_resolution": 8, "stable_images": 32000, "fade_images": 32000, "batch_sizes": "{8: 32}"},
+    prefix="--model.growth.init_args.",
+) + ["--model.growth.init_args.reset_optimizers", "false"]
+
 # name -> (config files, overrides): each a shipped YAML as a user would run it; the CPU sizes
 # (image size, widths, batch) and the data come from the command line for all alike
 CANDIDATES: dict[str, tuple[list[str], list[str]]] = {
@@ -51,6 +69,11 @@ CANDIDATES: dict[str, tuple[list[str], list[str]]] = {
     # no known step count to decay to under a time budget: constant learning rates
     "sngan": (["sngan.yaml"], ["--model.lr_decay", "none"]),
     "sngan+ema": (["sngan.yaml", "ema.yaml"], ["--model.lr_decay", "none"]),
+    # ProGAN's networks grown 8 -> 16 -> 32 against the same networks trained at the final size
+    # from the start: progressive.yaml with the progressive quickstart's CPU recipe (non-saturating
+    # loss, 64 channels at most, EMA 0.995; run with --width 16), one loader batch for every phase
+    "progressive": (["progressive.yaml"], [*PROGRESSIVE_CPU, *PROGRESSIVE_CPU_GROWTH]),
+    "progressive-fixed": (["progressive.yaml"], [*PROGRESSIVE_CPU, "--model.growth", "null"]),
 }
 
 
@@ -241,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "config": name,
                     "seed": seed,
                     "iterations": iterations,
-                    "images seen": iterations * args.train_batch_size,
+                    "images seen": int(saved.get("images_shown") or iterations * args.train_batch_size),
                     **score(real, fake, args),
                 }
             )

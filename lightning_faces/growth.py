@@ -75,22 +75,27 @@ class Growth:
                 f"growth: stable_images must be at least 1 and fade_images, freeze_images at least 0, got "
                 f"{stable_images}, {fade_images}, {freeze_images}"
             )
+        # keys may arrive as strings (a checkpoint's settings, JSON): resolutions are numbers
+        try:
+            batch_sizes = {int(k): int(v) for k, v in (batch_sizes or {}).items()}
+            learning_rates = {int(k): float(v) for k, v in (learning_rates or {}).items()}
+        except (TypeError, ValueError) as error:
+            raise FacesError(f"growth.batch_sizes and learning_rates map resolutions to numbers: {error}") from error
         for name, resolutions in (
             ("start_resolution", [start_resolution]),
-            ("batch_sizes", list(batch_sizes or {})),
-            ("learning_rates", list(learning_rates or {})),
+            ("batch_sizes", list(batch_sizes)),
+            ("learning_rates", list(learning_rates)),
         ):
             for resolution in resolutions:
                 if resolution < 4 or 2 ** int(math.log2(resolution)) != resolution:
                     raise FacesError(f"growth.{name}: {resolution} is not a resolution: use 4, 8, 16, 32, ...")
-        if any(size < 1 for size in (batch_sizes or {}).values()):
+        if any(size < 1 for size in batch_sizes.values()):
             raise FacesError(f"growth.batch_sizes must all be at least 1, got {batch_sizes}")
-        if any(lr <= 0 for lr in (learning_rates or {}).values()):
+        if any(lr <= 0 for lr in learning_rates.values()):
             raise FacesError(f"growth.learning_rates must all be positive, got {learning_rates}")
         self.stable_images, self.fade_images, self.freeze_images = stable_images, fade_images, freeze_images
         self.start_resolution = start_resolution
-        self.batch_sizes = {int(k): int(v) for k, v in (batch_sizes or {}).items()}
-        self.learning_rates = {int(k): float(v) for k, v in (learning_rates or {}).items()}
+        self.batch_sizes, self.learning_rates = batch_sizes, learning_rates
         self.reset_optimizers = reset_optimizers
 
     def check(self, final_resolution: int) -> None:

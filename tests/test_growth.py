@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.nn import functional as F
 
 from lightning_faces.checkpoint import SafeCheckpointIO, build, load_checkpoint
@@ -14,6 +16,7 @@ from lightning_faces.growth import Growth, Phase, real_images_at
 from lightning_faces.module import GAN
 from lightning_faces.nets import DCGANDiscriminator, DCGANGenerator
 from lightning_faces.nets.progressive import ProgressiveDiscriminator, ProgressiveGenerator
+from tests.conftest import REPO, flags, run_cli
 from tests.test_module import train
 
 
@@ -201,3 +204,38 @@ def test_growth_settings_that_cannot_work_stop_with_one_line(tmp_path):
         Growth(stable_images=0)
     with pytest.raises(FacesError, match=r"exceed data.batch_size 8.*set data.batch_size to 16"):
         train(tmp_path, growing_gan(Growth(batch_sizes={8: 16})), 1, data=faces(batch_size=8))
+
+
+def test_a_progressive_run_through_the_cli_renders_full_size_faces_from_its_checkpoint(tmp_path):
+    # the quickstart's recipe, tiny: the checkpoint's settings (JSON-like: resolutions as string
+    # keys) must rebuild the schedule, and a run stopped at 8x8 still renders 32x32 images
+    args = flags(
+        {
+            "--trainer.max_steps": 3,
+            "--trainer.logger.init_args.save_dir": tmp_path / "runs",
+            "--trainer.enable_progress_bar": "false",
+            "--data.init_args.num_images": 64,
+            "--data.init_args.num_val_images": 0,
+            "--model.growth.init_args.stable_images": 10_000,
+            "--model.generator.init_args.width": 2,
+            "--model.discriminator.init_args.width": 2,
+            "--model.num_fixed_samples": 4,
+        }
+    )
+    fit = run_cli(["fit", "--config", str(REPO / "configs" / "progressive_quickstart.yaml"), *args], cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    (checkpoint,) = (tmp_path / "runs").rglob("last.ckpt")
+    (grid,) = (tmp_path / "runs").rglob("samples/step_0000003.png")
+    model = GAN.from_checkpoint(checkpoint)
+    assert model.growth.batch_sizes == {8: 32} and model.images_shown == 3 * 32
+    assert model.generator.resolution == 8
+    out = tmp_path / "faces"
+    generate = run_cli(["generate", str(checkpoint), "--num", "2", "--out", str(out)], cwd=tmp_path)
+    assert generate.returncode == 0, generate.stderr[-3000:]
+    for path in sorted(out.glob("*.png")):
+        image = torch.from_numpy(np.array(Image.open(path)))  # (32, 32, 3): 8x8 pixels as 4x4 squares
+        assert image.shape == (32, 32, 3) and torch.equal(
+            image, image[::4, ::4].repeat_interleave(4, 0).repeat_interleave(4, 1)
+        )
+    assert len(list(out.glob("*.png"))) == 2
+    assert Image.open(grid).size == (2 * (64 + 2) + 2,) * 2  # 2x2 samples, 32 px shown at 64
