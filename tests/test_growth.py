@@ -239,3 +239,20 @@ def test_a_progressive_run_through_the_cli_renders_full_size_faces_from_its_chec
         )
     assert len(list(out.glob("*.png"))) == 2
     assert Image.open(grid).size == (2 * (64 + 2) + 2,) * 2  # 2x2 samples, 32 px shown at 64
+
+
+def test_a_conditional_gan_grows_with_its_attributes(tmp_path):
+    names = ["Eyeglasses", "Black_Hair"]
+    torch.manual_seed(0)
+    generator = ProgressiveGenerator(latent_dim=8, width=4, image_size=16, max_channels=8, attributes=names)
+    discriminator = ProgressiveDiscriminator(
+        width=4, image_size=16, max_channels=8, attributes=names, conditioning="auxiliary"
+    )
+    model = GAN(generator, discriminator, growth=Growth(stable_images=8, fade_images=16), num_fixed_samples=4)
+    data = SyntheticFacesDataModule(num_images=32, num_val_images=0, image_size=16, batch_size=8, attributes=names)
+    record = Record()
+    train(tmp_path, model, 4, callbacks=[record], data=data)
+    assert [(level, side) for _, level, _, _, side, _ in record.rows] == [(0, 4), (1, 8), (1, 8), (1, 8)]
+    glasses = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert model.generate(torch.randn(2, 8), glasses).shape == (2, 3, 16, 16)  # conditioned, at full size
+    assert model.attribute_pool.sum() > 0  # real attribute rows were drawn for the samples
