@@ -282,14 +282,12 @@ class FID(L.Callback):
             logger.log_metrics({"val/fid": float(value), "val/fid_seconds": seconds}, step=trainer.global_step)
         module.log("val/fid", value, prog_bar=True, logger=False)  # for ModelCheckpoint and the bar
         self.history.append((trainer.global_step, float(value)))
-        note = ""
-        if (
-            getattr(module, "growth", None) is not None
-            and float(module.generator.alpha) < 1
-            or (getattr(module.generator, "resolution", module.image_size) < module.image_size)
+        note, generator = "", module.generator
+        if getattr(module, "growth", None) is not None and (
+            generator.resolution < module.image_size or float(generator.alpha) < 1
         ):  # progressive growing, not at the final resolution yet
-            side = module.generator.resolution
-            note = f"; {side}x{side} samples enlarged to {module.image_size}x{module.image_size}: not a final FID"
+            side, size = generator.resolution, module.image_size
+            note = f"; {side}x{side} samples enlarged to {size}x{size}: not a final FID"
         rank_zero_info(
             f"FID {float(value):.3f} at iteration {trainer.global_step} ({describe_protocol(self.protocol)}{note})"
         )

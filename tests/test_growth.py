@@ -256,3 +256,19 @@ def test_a_conditional_gan_grows_with_its_attributes(tmp_path):
     glasses = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     assert model.generate(torch.randn(2, 8), glasses).shape == (2, 3, 16, 16)  # conditioned, at full size
     assert model.attribute_pool.sum() > 0  # real attribute rows were drawn for the samples
+
+
+def test_fid_before_the_final_resolution_says_it_scored_enlarged_samples(tmp_path, caplog):
+    from lightning_faces.metrics import FID
+    from tests.test_metrics import TinyFeatures
+
+    fid = FID(every_n_epochs=0, every_n_steps=1, num_samples=8, batch_size=8, cache_dir=str(tmp_path / "fid"),
+              feature_extractor=TinyFeatures())  # fmt: skip
+    model = growing_gan(Growth(stable_images=8, fade_images=0))  # 4x4, 8x8, then 16x16: one iteration each
+    with caplog.at_level("INFO"):
+        train(tmp_path, model, 3, callbacks=[fid], data=faces(batch_size=8))
+    lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("FID ")]
+    assert [step for step, _ in fid.history] == [1, 2, 3] and len(lines) == 3
+    assert "4x4 samples enlarged to 16x16: not a final FID" in lines[0]
+    assert "8x8 samples enlarged to 16x16" in lines[1]
+    assert "enlarged" not in lines[2]  # the final resolution, fully in
