@@ -129,8 +129,17 @@ class Studio:
         return self.generator.render(edited, None, 1.0)[0]
 
     def mix(self, a: Character, b: Character, rng: random.Random) -> Character:
-        """Each gene from one parent, chosen by a coin flip: a child, not an average."""
-        latent = [x if rng.random() < 0.5 else y for x, y in zip(a.latent, b.latent, strict=True)]
+        """Each gene from one parent, chosen by a coin flip: a child, not an average.
+
+        Never a copy of one parent where the parents differ in two genes or more: flips that
+        give every differing gene to one parent (1 in 128 with an 8-gene latent) are drawn again.
+        """
+        differ = [i for i, (x, y) in enumerate(zip(a.latent, b.latent, strict=True)) if x != y]
+        while True:
+            from_a = [rng.random() < 0.5 for _ in a.latent]
+            if len(differ) < 2 or len({from_a[i] for i in differ}) == 2:
+                break
+        latent = [x if take else y for x, y, take in zip(a.latent, b.latent, from_a, strict=True)]
         controls = {name: (a.controls[name] if rng.random() < 0.5 else b.controls[name]) for name in a.controls}
         return Character(latent, controls, None, [label(a), label(b)])
 

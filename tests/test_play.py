@@ -165,6 +165,10 @@ def test_mixing_takes_each_gene_from_one_parent(checkpoints):
     from_a = sum(x == y for x, y in zip(child.latent, a.latent, strict=True))
     assert 0 < from_a < len(a.latent)  # both parents gave genes: not a copy
     assert child.seed is None and child.parents == ["seed 1", "seed 2"]
+    # never a copy of a parent, whatever the coin flips (8 genes: 1 in 128 would be, unchecked)
+    for seed in range(500):
+        latent = studio.mix(a, b, random.Random(seed)).latent
+        assert latent not in (a.latent, b.latent), seed
 
 
 def test_the_page_clamps_what_the_browser_sends_and_renders_like_generate(checkpoints):
