@@ -450,7 +450,7 @@ class GAN(L.LightningModule):
         self._frozen = growth.frozen(phase)
         count = min(growth.batch_size(phase.resolution, real.shape[0]), real.shape[0])
         real, attributes = real[:count], attributes[:count]
-        self.images_shown += count * (self.trainer.world_size if self._trainer is not None else 1)
+        self.images_shown += count * self.trainer.world_size  # every rank's batch counts
         kimg = self.images_shown / 1000
         self.log_dict({"growth/resolution": float(phase.resolution), "growth/alpha": phase.alpha, "growth/kimg": kimg})
         return real_images_at(real, phase.resolution, phase.alpha), attributes

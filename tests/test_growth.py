@@ -40,12 +40,12 @@ class Record(L.Callback):
         self.before = 0
         self.sides: list[tuple[int, int]] = []
 
+    def on_train_start(self, trainer: L.Trainer, module: GAN) -> None:  # D's inputs: (batch, side)
+        module.discriminator.register_forward_pre_hook(lambda _, inputs: self.sides.append(inputs[0].shape[::2]))
+
     def on_train_batch_start(self, trainer: L.Trainer, module: GAN, *args) -> None:
         self.before = module.images_shown
         self.sides = []
-        if not getattr(self, "hooked", False):  # D's training inputs: (batch, side)
-            module.discriminator.register_forward_pre_hook(lambda _, inputs: self.sides.append(inputs[0].shape[::2]))
-            self.hooked = True
 
     def on_train_batch_end(self, trainer: L.Trainer, module: GAN, *args) -> None:
         (batch, side), *_ = self.sides
