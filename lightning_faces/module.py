@@ -115,6 +115,9 @@ class GAN(L.LightningModule):
             from, in batches of 64.
         vbn_reference_size: examples in the reference batches of networks with virtual batch norm.
         num_fixed_samples: size of the fixed latent batch rendered as a grid of samples.
+        fresh_latents: G's update draws latents of its own and runs G again (two G forward passes
+            per iteration). ``False`` (the default) updates G on the fakes D was just trained
+            on, as the classic DCGAN loop does: one G pass, the same distribution of latents.
         channels_last: keep G, D and the image batches in channels-last memory layout (faster
             convolutions on recent GPUs, with ``trainer.precision: bf16-mixed``).
         compile: compile G and D with ``torch.compile`` at the start of fit (slow first
@@ -145,6 +148,7 @@ class GAN(L.LightningModule):
         ema_statistics_samples: int = 256,
         vbn_reference_size: int = 64,
         num_fixed_samples: int = 64,
+        fresh_latents: bool = False,
         channels_last: bool = False,
         compile: bool = False,
         growth: Growth | None = None,
@@ -330,16 +334,26 @@ class GAN(L.LightningModule):
         logs: dict[str, torch.Tensor] = {}
 
         # 1. D: learn to tell real from G's current fakes. D's passes go through its DDP
-        # wrapper (and the augmentation) before one backward; G runs unwrapped (no gradients).
+        # wrapper (and the augmentation) before one backward; D learns from detached fakes.
         discriminator = self._replicas.get("d", self.discriminator)
         real_labels = self._labels(real_attributes)
 
         def d_scores(images: torch.Tensor, labels: torch.Tensor | None = real_labels) -> Scores:
             return discriminator(self.augment(images), labels)
 
+        # G's update this iteration reuses these fakes (one G forward pass per iteration, as the
+        # classic DCGAN loop does) unless fresh_latents: then G runs here without gradients
+        g_updates = (self.iteration + 1) % hp.d_steps_per_g_step == 0
+        reused: tuple[torch.Tensor, torch.Tensor | None] | None = None
         fake_labels = self.fake_attributes(real_labels, slot=0)
-        with torch.no_grad():
-            fake = self.generator(self.training_latents(batch_size, slot=0), fake_labels)
+        latents = self.training_latents(batch_size, slot=0)
+        if g_updates and not hp.fresh_latents:
+            # through G's DDP wrapper: its backward (in G's step) averages G's gradients
+            reused = (self._replicas.get("g", self.generator)(latents, fake_labels), fake_labels)
+            fake = reused[0].detach()
+        else:
+            with torch.no_grad():
+                fake = self.generator(latents, fake_labels)
         real_logits, _, real_attribute_logits = d_scores(real)
         fake_logits, fake_features, _ = d_scores(fake, fake_labels)
         d_loss = self.objective.discriminator_loss(real_logits, fake_logits)
@@ -375,9 +389,10 @@ class GAN(L.LightningModule):
         )
 
         # 2. G: fool the (just updated) D, every k-th batch or k times per batch
-        if (self.iteration + 1) % hp.d_steps_per_g_step == 0:
+        if g_updates:
             for g_step in range(hp.g_steps_per_d_step):
-                logs["train/g_loss"] = self._generator_step(g_opt, real, real_labels, slot=1 + g_step, logs=logs)
+                fakes = reused if g_step == 0 else None  # further G steps draw fresh latents
+                logs["train/g_loss"] = self._generator_step(g_opt, real, real_labels, 1 + g_step, logs, fakes)
 
         # every rank's batch-norm running statistics -> their mean
         if self.trainer.world_size > 1:
@@ -402,11 +417,16 @@ class GAN(L.LightningModule):
         real_labels: torch.Tensor | None,
         slot: int,
         logs: dict[str, torch.Tensor],
+        fakes: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
+        """One update of G: on ``fakes`` (images G made with gradients, and their attributes)
+        when given, else on a fresh batch drawn from (seed, iteration, slot)."""
         with self.toggled_optimizer(g_opt):  # D's parameters need no gradients here
-            # through G's DDP wrapper (its gradients are averaged); D unwrapped and frozen
-            fake_labels = self.fake_attributes(real_labels, slot)
-            fake = self._replicas.get("g", self.generator)(self.training_latents(real.shape[0], slot), fake_labels)
+            if fakes is not None:
+                fake, fake_labels = fakes
+            else:  # through G's DDP wrapper (its gradients are averaged); D unwrapped and frozen
+                fake_labels = self.fake_attributes(real_labels, slot)
+                fake = self._replicas.get("g", self.generator)(self.training_latents(real.shape[0], slot), fake_labels)
 
             def g_scores(images: torch.Tensor, labels: torch.Tensor | None = real_labels) -> Scores:
                 return self.discriminator(self.augment(images), labels)

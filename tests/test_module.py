@@ -1,3 +1,4 @@
+import copy
 import pickle
 import traceback
 
@@ -12,7 +13,7 @@ from lightning_faces.callbacks import ProgressBar, SampleGrid
 from lightning_faces.checkpoint import SafeCheckpointIO, load_checkpoint
 from lightning_faces.data import SyntheticFacesDataModule
 from lightning_faces.errors import FacesError
-from lightning_faces.module import GAN
+from lightning_faces.module import GAN, dcgan_adam
 from lightning_faces.objectives import NonSaturating
 from lightning_faces.regularizers import FeatureMatching, HistoricalAveraging
 from tests.conftest import tiny_gan
@@ -67,6 +68,38 @@ def test_d_steps_per_g_step_updates_g_every_kth_batch(tmp_path):
 def test_g_steps_per_d_step_updates_g_k_times_per_batch(tmp_path):
     trainer = train(tmp_path, make_model(g_steps_per_d_step=3), steps=2)
     assert adam_steps(trainer) == (2, 6)
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_g_learns_from_the_fakes_d_saw_in_one_g_pass_unless_fresh_latents(tmp_path, fresh):
+    model = make_model(fresh_latents=fresh)
+    generator, discriminator = copy.deepcopy(model.generator), copy.deepcopy(model.discriminator)
+    reals, g_passes = [], []
+    model.generator.register_forward_hook(lambda *_: g_passes.append(1))
+    step = model.training_step
+
+    def recorded(batch, batch_idx):
+        reals.append(batch[0].clone())
+        return step(batch, batch_idx)
+
+    model.training_step = recorded
+    train(tmp_path, model, steps=1)
+    assert len(g_passes) == (2 if fresh else 1)
+
+    # the classic DCGAN loop by hand, on the same batch and latents: G(z) once, D on its
+    # detached output, then G through the updated D on the same fakes
+    model.iteration = 0
+    latents = model.training_latents(reals[0].shape[0], slot=0)
+    d_opt, g_opt = dcgan_adam(discriminator.parameters()), dcgan_adam(generator.parameters())
+    objective = NonSaturating()
+    fake = generator(latents)
+    objective.discriminator_loss(discriminator(reals[0]).logits, discriminator(fake.detach()).logits).backward()
+    d_opt.step()
+    objective.generator_loss(discriminator(fake).logits).backward()
+    g_opt.step()
+    torch.testing.assert_close(snapshot(model.discriminator), snapshot(discriminator))
+    same_g = torch.allclose(snapshot(model.generator), snapshot(generator), rtol=1e-5, atol=1e-7)
+    assert same_g != fresh  # fresh latents: G's update came from another batch of fakes
 
 
 def test_a_d_step_moves_only_d(tmp_path):
