@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from lightning_faces.cli import main
-from lightning_faces.data import CelebA, CelebADataModule
+from lightning_faces.data import CelebA, CelebADataModule, SyntheticFacesDataModule
 from lightning_faces.data import prepared as prepared_module
 from lightning_faces.data.prepared import PreparedImages, check, prepared_folder
-from tests.conftest import REPO
+from lightning_faces.errors import FacesError
+from tests.conftest import REPO, tiny_gan
 
 
 def module(data_dir, tmp_path, **kwargs) -> CelebADataModule:
@@ -200,3 +202,62 @@ def test_a_killed_build_leaves_a_temporary_that_the_next_start_removes(fake_cele
         (folder / "images.npy").write_bytes(b"\0" * 1000)
     module(fake_celeba, tmp_path).prepare(["train"])
     assert not stale.exists() and live.exists() and other_host.exists()
+
+
+def trained_batches(data, steps: int = 6) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """The batches a tiny GAN trains on over ``steps`` iterations (as training_step gets them), and
+    its weights after them."""
+    torch.manual_seed(0)
+    model = tiny_gan()
+    seen, step = [], model.training_step
+
+    def recorded(batch, batch_idx):
+        seen.append((batch[0].clone(), batch[1].clone()))
+        return step(batch, batch_idx)
+
+    model.training_step = recorded
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, data)
+    return seen, torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("source", ["prepared", "drawn"])
+def test_data_on_the_device_gives_the_batches_and_training_of_the_loader(fake_celeba, tmp_path, source):
+    def make(on_device: bool):
+        options = dict(image_size=16, batch_size=4, attributes=["Male", "Eyeglasses"], on_device=on_device)
+        if source == "drawn":
+            return SyntheticFacesDataModule(num_images=16, num_val_images=0, **options)
+        return module(fake_celeba, tmp_path, val_split=None, **options)
+
+    # 6 iterations of 4 from 16 images: into a second epoch (a new order) and flips on both
+    loaded, loaded_weights = trained_batches(make(on_device=False))
+    gathered, gathered_weights = trained_batches(make(on_device=True))
+    assert len(loaded) == len(gathered) == 6
+    for (images, attributes), (same_images, same_attributes) in zip(loaded, gathered, strict=True):
+        assert torch.equal(images, same_images) and torch.equal(attributes, same_attributes)
+        assert images.dtype == torch.float32 and attributes.shape == (4, 2)
+    assert torch.equal(loaded_weights, gathered_weights)
+    assert not torch.equal(loaded[0][0], loaded[4][0])  # the batches differ (the check can fail)
+
+
+def test_data_on_the_device_loads_positions_and_keeps_the_array_once(fake_celeba, tmp_path):
+    data = module(fake_celeba, tmp_path, on_device=True)
+    data.setup("fit")
+    positions = next(iter(data.train_dataloader()))
+    assert positions.dtype == torch.long and positions.shape == (4,)  # no images through the loader
+    images, attributes = data._arrays_on(torch.device("cpu"))
+    assert images.shape == (16, 3, 16, 16) and images.dtype == torch.uint8 and attributes.shape == (16, 40)
+    assert data._arrays_on(torch.device("cpu"))[0] is images  # copied once, not per batch
+
+
+def test_data_on_the_device_needs_an_array(fake_celeba, tmp_path):
+    data = module(fake_celeba, tmp_path, prepared=False, on_device=True)
+    with pytest.raises(FacesError, match="data.on_device needs the training images in one array"):
+        data.setup("fit")

@@ -169,9 +169,10 @@ class CelebADataModule(FaceDataModule):
         predict_attributes: str | None = None,
         prepared: bool = True,
         prepared_dir: str | None = None,
+        on_device: bool = False,
     ) -> None:
         shared = (image_size, batch_size, num_workers, flip, samples_per_epoch, predict_samples)
-        super().__init__(*shared, attributes, predict_attributes)
+        super().__init__(*shared, attributes, predict_attributes, on_device)
         self.data_dir, self.split, self.val_split = data_dir, split, val_split
         self.crop, self.download = check_crop(crop), download
         self.prepared, self.prepared_dir = prepared, prepared_dir

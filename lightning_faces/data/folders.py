@@ -64,9 +64,10 @@ class ImageFolderDataModule(FaceDataModule):
         predict_attributes: str | None = None,
         prepared: bool = True,
         prepared_dir: str | None = None,
+        on_device: bool = False,
     ) -> None:
         shared = (image_size, batch_size, num_workers, flip, samples_per_epoch, predict_samples)
-        super().__init__(*shared, attributes, predict_attributes)
+        super().__init__(*shared, attributes, predict_attributes, on_device)
         self.data_dir, self.crop = data_dir, check_crop(crop)
         self.prepared, self.prepared_dir = prepared, prepared_dir
         if prepared and num_workers is None:

@@ -244,10 +244,11 @@ class SyntheticFacesDataModule(FaceDataModule):
         predict_samples: int = 64,
         attributes: list[str] | str | None = None,
         predict_attributes: str | None = None,
+        on_device: bool = False,
     ) -> None:
         # num_workers 0: the images are already in memory, so worker processes only add copies
         shared = (image_size, batch_size, num_workers, flip, samples_per_epoch, predict_samples)
-        super().__init__(*shared, attributes, predict_attributes)
+        super().__init__(*shared, attributes, predict_attributes, on_device)
         self.num_images, self.num_val_images, self.seed = num_images, num_val_images, seed
 
     def train_dataset(self) -> Dataset:
