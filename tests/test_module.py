@@ -341,12 +341,21 @@ def test_the_ema_generator_samples_with_batch_statistics_of_its_own_weights(tmp_
     assert first_norm.momentum == g_norm.momentum  # momentum restored after the estimate
 
 
-def test_channels_last_keeps_the_networks_and_batches_in_that_layout(tmp_path):
-    model = make_model(channels_last=True)
+@pytest.mark.parametrize(("setting", "expected"), [(True, True), (None, True), (False, False)])
+def test_channels_last_keeps_the_networks_and_batches_in_that_layout(tmp_path, setting, expected):
+    model = make_model(channels_last=setting)  # None, the default: on for a CPU (measured faster)
+    layouts = []
+    step = model.training_step
+
+    def recorded(batch, batch_idx):
+        step(batch, batch_idx)
+        layouts.append(model._channels_last)
+
+    model.training_step = recorded
     trainer = train(tmp_path, model, steps=2)
-    assert trainer.global_step == 2
+    assert trainer.global_step == 2 and layouts == [expected, expected]
     convs = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
-    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) == expected for w in convs)
 
 
 def test_compile_runs_g_and_d_through_torch_compile(tmp_path, monkeypatch):
