@@ -230,6 +230,24 @@ def test_the_resize_setting_reaches_inception_and_changes_the_score(random_incep
         FID(resize="bicubic")
 
 
+def test_fast_inception_gives_the_features_of_the_plain_one_in_chunks_on_cpu(random_inception):
+    from lightning_faces.metrics import CPU_CHUNK
+
+    images = torch.randint(0, 256, (CPU_CHUNK + 5, 3, 32, 32), dtype=torch.uint8)
+    fast, plain = make_fid(random_inception).inception, make_fid(random_inception, fast=False).inception
+    passes = []
+    fast.inception.register_forward_hook(lambda module, inputs, output: passes.append(len(inputs[0])))
+    with torch.no_grad():
+        expected, got = plain(images), fast(images)
+    assert passes == [CPU_CHUNK, 5]  # two passes on a CPU, one image set
+    assert got.shape == expected.shape == (CPU_CHUNK + 5, 2048)
+    # channels-last convolutions sum in another order: float noise only (1.2e-5 of features
+    # up to ~5 with the real weights, benchmarks.fid); here relative to the features' scale
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+    conv = next(m for m in fast.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_real_statistics_come_from_a_seeded_random_sample_not_the_first_images(tmp_path):
     from lightning_faces.metrics import real_sample
 
