@@ -1,7 +1,8 @@
 """Which shipped config makes the best faces at equal compute: KID and FID on held-out images.
 
 Each candidate is a shipped config (plus overlays) trained through the real entry point
-(``python -m lightning_faces fit``) for the same wall time on the same training images, once per
+(``python -m lightning_faces fit``) for the same wall time (or, with ``--steps``, the same number of
+iterations: for switches that change speed, not the training) on the same training images, once per
 seed; then its generator (the EMA one when the config keeps one) draws ``--samples`` images,
 scored against real images held out from training:
 
@@ -67,6 +68,10 @@ CANDIDATES: dict[str, tuple[list[str], list[str]]] = {
     "dcgan": (["dcgan.yaml"], []),
     "dcgan+ema": (["dcgan.yaml", "ema.yaml"], []),
     "dcgan+ema+diffaugment": (["dcgan.yaml", "ema.yaml", "diffaugment.yaml"], []),
+    # the speed switches against the training path before them (two G passes, contiguous
+    # layout): run with --steps, equal iterations
+    "dcgan+ema+fresh": (["dcgan.yaml", "ema.yaml"], ["--model.fresh_latents", "true", "--model.channels_last", "false"]),
+    "dcgan+ema+bf16": (["dcgan.yaml", "ema.yaml"], ["--trainer.precision", "bf16-mixed"]),
     # no known step count to decay to under a time budget: constant learning rates
     "sngan": (["sngan.yaml"], ["--model.lr_decay", "none"]),
     "sngan+ema": (["sngan.yaml", "ema.yaml"], ["--model.lr_decay", "none"]),
@@ -196,10 +201,12 @@ def write_overlay(args: argparse.Namespace) -> None:
     """What every candidate shares: the training images, the size, the budget, no FID during training."""
     minutes = int(args.minutes)
     seconds = round((args.minutes - minutes) * 60)
+    budget = f'max_time: "00:00:{minutes:02d}:{seconds:02d}"\n  max_steps: -1'
+    if args.steps:
+        budget = f"max_time: null\n  max_steps: {args.steps}"
     (Path(args.work) / "benchmark.yaml").write_text(
         f"""trainer:
-  max_time: "00:00:{minutes:02d}:{seconds:02d}"
-  max_steps: -1
+  {budget}
   max_epochs: -1
   enable_progress_bar: false
   log_every_n_steps: 50
@@ -223,6 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--candidates", nargs="+", default=["dcgan", "dcgan+ema", "sngan+ema"], choices=CANDIDATES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--minutes", type=float, default=8.0, help="training wall time per run")
+    parser.add_argument("--steps", type=int, default=None, help="train each run this many iterations instead")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--width", type=int, default=32, help="G's and D's width (CPU-sized)")
     parser.add_argument("--train-batch-size", type=int, default=64)
@@ -289,12 +297,13 @@ def main(argv: list[str] | None = None) -> dict:
                 "FID (per seed)": ", ".join(f"{row['fid']:.1f}" for row in mine),
             }
         )
+    budget = f"{args.steps} iterations" if args.steps else f"{args.minutes:g} min"
     protocol = (
-        f"{args.image_size}px, width {args.width}, batch {args.train_batch_size}, {args.minutes:g} min per run on "
+        f"{args.image_size}px, width {args.width}, batch {args.train_batch_size}, {budget} per run on "
         f"{device}; {len(real)} held-out real vs {args.samples} generated images, crop {args.crop}, resize "
         f"{args.resize}, KID over {args.kid_subsets} subsets of {min(args.kid_subset_size, args.samples, len(real))}"
     )
-    print(f"\nQuality at equal wall time ({protocol})")
+    print(f"\nQuality at equal {'iterations' if args.steps else 'wall time'} ({protocol})")
     print(table(summary, list(summary[0])))
     result = {"benchmark": "quality", "protocol": protocol, "settings": vars(args), "runs": rows, "summary": summary}
     print(f"\nwrote {write_json(args.json, result)}")

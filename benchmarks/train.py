@@ -5,19 +5,25 @@
     Adams), written for this benchmark, with lightning_faces' own G and D;
 (b) ``lightning_faces``: the GAN LightningModule on the prepared array, through Lightning's
     Trainer, with the same networks, batch size and optimizers, once per ``--variants`` entry:
-    a Lightning precision (``32-true``, ``bf16-mixed``), ``+compile`` for ``GAN(compile=True)``.
-All run in one process, in turns (plain, each variant, plain, each variant, ...), and each
-reports its best round: the machine is shared and noisy.
+    a Lightning precision (``32-true``, ``bf16-mixed``) and switches after ``+``:
+    ``channels_last``, ``compile`` (``torch.compile``), ``fresh`` (G's update on fresh latents:
+    two G passes per iteration), ``on_device`` (``data.on_device``: the uint8 array on the
+    device, no loader); ``default`` is what ``fit`` does with none of them set (``GAN``'s
+    defaults: fp32, one G pass, channels-last on CPU).
+All run in one process, in turns (plain, each variant, plain, each variant, ...). Each variant's
+ratio to the plain loop is taken per round, against that round's plain run, and reported as the
+median over rounds with its range: the machine is shared and noisy.
 
     python -m benchmarks.train --data-dir ../shared/celeba-sample            # CPU
     python -m benchmarks.train --data-dir DATA --device cuda --iterations 200 \
-        --variants 32-true bf16-mixed bf16-mixed+compile
+        --variants 32-true bf16-mixed bf16-mixed+channels_last+compile+on_device
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -99,20 +105,39 @@ class Stopwatch(L.Callback):
         self.seconds = time.perf_counter() - self.started
 
 
+OPTIONS = ("channels_last", "compile", "fresh", "on_device")
+
+
+def parse_variant(variant: str) -> tuple[str | None, set[str]]:
+    """``"bf16-mixed+channels_last"`` -> ("bf16-mixed", {"channels_last"}); ``default`` -> (None, {})."""
+    precision, *options = variant.split("+")
+    unknown = set(options) - set(OPTIONS)
+    if unknown:
+        raise ValueError(f"--variants {variant}: after '+' only {', '.join(OPTIONS)} are known")
+    if precision == "default":
+        if options:
+            raise ValueError(f"--variants {variant}: 'default' takes no switches")
+        return None, set()
+    return precision, set(options)
+
+
 def lightning_run(args: argparse.Namespace, device: torch.device, prepared_dir: str, variant: str) -> float:
-    precision, _, option = variant.partition("+")
+    precision, options = parse_variant(variant)
+    switches = {} if precision is None else {"channels_last": "channels_last" in options}
     torch.manual_seed(0)
     model = GAN(
         DCGANGenerator(args.latent_dim, args.width, args.image_size),
         DCGANDiscriminator(args.width, args.image_size),
-        compile=option == "compile",
+        fresh_latents="fresh" in options,
+        compile="compile" in options,
+        **switches,
     )
-    data = sample_data(args, prepared_dir)
+    data = sample_data(args, prepared_dir, **({"on_device": True} if "on_device" in options else {}))
     stopwatch = Stopwatch(args.warmup)
     trainer = L.Trainer(
         accelerator=device.type,
         devices=1,
-        precision=precision,
+        precision=precision or "32-true",  # default: Lightning's, which fit keeps
         max_steps=args.warmup + args.iterations,
         logger=False,
         enable_checkpointing=False,
@@ -134,47 +159,71 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--width", type=int, default=64, help="DCGAN's G and D width")
     parser.add_argument("--latent-dim", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2, help="loader workers of the plain loop")
-    parser.add_argument("--warmup", type=int, default=2, help="iterations before timing starts")
+    parser.add_argument("--warmup", type=int, default=3, help="iterations before timing starts")
     parser.add_argument("--iterations", type=int, default=10, help="timed iterations per round")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--variants",
         nargs="+",
-        default=["32-true"],
-        help="lightning_faces runs: a precision (32-true, bf16-mixed), +compile for torch.compile",
+        default=[
+            "32-true+fresh",
+            "32-true",
+            "32-true+channels_last",
+            "32-true+channels_last+compile",
+            "bf16-mixed",
+            "bf16-mixed+channels_last",
+            "default",
+        ],
+        help=f"lightning_faces runs: a precision (32-true, bf16-mixed) or default, +{', +'.join(OPTIONS)}",
     )
     parser.add_argument("--json", default="runs/benchmarks/train.json")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     for variant in args.variants:
-        precision, _, option = variant.partition("+")
-        if option not in ("", "compile"):
-            parser.error(f"--variants {variant}: after '+' only 'compile' is known")
+        try:
+            parse_variant(variant)
+        except ValueError as error:
+            parser.error(str(error))
 
     plain, lightning = [], {variant: [] for variant in args.variants}
     with tempfile.TemporaryDirectory() as prepared_dir:
         sample_data(args, prepared_dir).prepare(["all"])  # once, before any timing
-        for _ in range(args.rounds):
+        for round_ in range(args.rounds):
             plain.append(plain_loop(args, device))
+            print(f"round {round_ + 1}/{args.rounds}: plain {plain[-1]:.1f} images/s", flush=True)
             for variant in args.variants:
                 lightning[variant].append(lightning_run(args, device, prepared_dir, variant))
-    best_plain = max(plain)
-    rows = [{"loop": "plain PyTorch, fp32, JPEG loader", "images/s": best_plain, "rounds": plain, "vs plain": 1.0}]
+                print(f"  {variant}: {lightning[variant][-1]:.1f} images/s", flush=True)
+    rows = [summarize("plain PyTorch, fp32, JPEG loader", plain, plain)]
     for variant, rounds in lightning.items():
-        name = f"lightning_faces, {variant.replace('+', ', ')}, prepared"
-        rows.append({"loop": name, "images/s": max(rounds), "rounds": rounds, "vs plain": max(rounds) / best_plain})
-    for row in rows:
-        row["all rounds"] = ", ".join(f"{value:.1f}" for value in row["rounds"])
+        name = variant.replace("+", ", ")
+        if variant == "default":
+            name = f"default on {device.type} ({'channels_last, ' if device.type == 'cpu' else ''}32-true)"
+        rows.append(summarize(f"lightning_faces, {name}", rounds, plain))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else args.device
     print(
         f"\nTraining on {where}: DCGAN {args.image_size}px, width {args.width}, batch {args.batch_size}, "
-        f"{args.iterations} timed iterations x {args.rounds} rounds (best shown)"
+        f"{args.iterations} timed iterations x {args.rounds} rounds (medians; ratios per round against that "
+        "round's plain loop)"
     )
-    print(table(rows, ["loop", "images/s", "vs plain", "all rounds"]))
+    print(table(rows, ["loop", "images/s", "vs plain", "range vs plain", "all rounds"]))
     ratio = rows[1]["vs plain"]
     result = {"benchmark": "train", "device": where, "settings": vars(args), "results": rows, "ratio": ratio}
     print(f"\nwrote {write_json(args.json, result)}")
     return result
+
+
+def summarize(name: str, rounds: list[float], plain: list[float]) -> dict:
+    """A table row: median images/s, and the median and range of the per-round ratios to plain."""
+    ratios = [value / base for value, base in zip(rounds, plain, strict=True)]
+    return {
+        "loop": name,
+        "images/s": statistics.median(rounds),
+        "vs plain": statistics.median(ratios),
+        "range vs plain": f"{min(ratios):.2f}-{max(ratios):.2f}",
+        "rounds": rounds,
+        "all rounds": ", ".join(f"{value:.1f}" for value in rounds),
+    }
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from benchmarks import data, quality, train
@@ -55,13 +56,17 @@ def test_training_benchmark_times_both_loops(fake_celeba, tmp_path):
         "1",
         "--variants",
         "32-true",
-        "bf16-mixed",
+        "bf16-mixed+channels_last+fresh+on_device",
+        "default",
         "--json",
         str(tmp_path / "train.json"),
     ]
     result = train.main(args)
-    assert [row["loop"].split(",")[1].strip() for row in result["results"][1:]] == ["32-true", "bf16-mixed"]
-    assert [len(row["rounds"]) for row in result["results"]] == [1, 1, 1]
+    names = [row["loop"].removeprefix("lightning_faces, ") for row in result["results"][1:]]
+    assert names == ["32-true", "bf16-mixed, channels_last, fresh, on_device", "default on cpu (channels_last, 32-true)"]
+    assert [len(row["rounds"]) for row in result["results"]] == [1, 1, 1, 1]
+    with pytest.raises(SystemExit):
+        train.main([*args[:-5], "32-true+turbo"])  # an unknown switch is refused before any timing
     assert result["ratio"] > 0 and json.loads((tmp_path / "train.json").read_text())["benchmark"] == "train"
 
 
