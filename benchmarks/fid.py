@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--weights", default=None, help="Inception weights file (default: torch-fidelity's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--image-size", type=int, default=64, help="the generated images' size")
-    parser.add_argument("--images", type=int, default=400, help="images per variant and round (half real, half blurred)")
+    parser.add_argument(
+        "--images", type=int, default=400, help="images per variant and round (half real, half blurred)"
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(
         "--variants",
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     seconds: dict[str, list[float]] = {name: [] for name in args.variants}
     feats: dict[str, torch.Tensor] = {}
     metrics = {name: variant_metric(name, weights, device) for name in args.variants}
-    for name, (metric, batch, bf16) in metrics.items():  # warm-up: first-call allocations, oneDNN kernels
+    for metric, batch, bf16 in metrics.values():  # warm-up: first-call allocations, oneDNN kernels
         features(metric, images[: min(batch, 8)], batch, bf16, device)
     for round_ in range(args.rounds):
         for name, (metric, batch, bf16) in metrics.items():

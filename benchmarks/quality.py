@@ -70,7 +70,10 @@ CANDIDATES: dict[str, tuple[list[str], list[str]]] = {
     "dcgan+ema+diffaugment": (["dcgan.yaml", "ema.yaml", "diffaugment.yaml"], []),
     # the speed switches against the training path before them (two G passes, contiguous
     # layout): run with --steps, equal iterations
-    "dcgan+ema+fresh": (["dcgan.yaml", "ema.yaml"], ["--model.fresh_latents", "true", "--model.channels_last", "false"]),
+    "dcgan+ema+fresh": (
+        ["dcgan.yaml", "ema.yaml"],
+        ["--model.fresh_latents", "true", "--model.channels_last", "false"],
+    ),
     "dcgan+ema+bf16": (["dcgan.yaml", "ema.yaml"], ["--trainer.precision", "bf16-mixed"]),
     # no known step count to decay to under a time budget: constant learning rates
     "sngan": (["sngan.yaml"], ["--model.lr_decay", "none"]),

@@ -63,7 +63,11 @@ def test_training_benchmark_times_both_loops(fake_celeba, tmp_path):
     ]
     result = train.main(args)
     names = [row["loop"].removeprefix("lightning_faces, ") for row in result["results"][1:]]
-    assert names == ["32-true", "bf16-mixed, channels_last, fresh, on_device", "default on cpu (channels_last, 32-true)"]
+    assert names == [
+        "32-true",
+        "bf16-mixed, channels_last, fresh, on_device",
+        "default on cpu (channels_last, 32-true)",
+    ]
     assert [len(row["rounds"]) for row in result["results"]] == [1, 1, 1, 1]
     with pytest.raises(SystemExit):
         train.main([*args[:-5], "32-true+turbo"])  # an unknown switch is refused before any timing

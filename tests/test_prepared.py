@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -16,6 +15,7 @@ from lightning_faces.data import prepared as prepared_module
 from lightning_faces.data.prepared import PreparedImages, check, prepared_folder
 from lightning_faces.errors import FacesError
 from tests.conftest import REPO, tiny_gan
+from tests.test_module import train
 
 
 def module(data_dir, tmp_path, **kwargs) -> CelebADataModule:
@@ -204,7 +204,7 @@ def test_a_killed_build_leaves_a_temporary_that_the_next_start_removes(fake_cele
     assert not stale.exists() and live.exists() and other_host.exists()
 
 
-def trained_batches(data, steps: int = 6) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+def trained_batches(tmp_path, data, steps: int = 6) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
     """The batches a tiny GAN trains on over ``steps`` iterations (as training_step gets them), and
     its weights after them."""
     torch.manual_seed(0)
@@ -216,15 +216,7 @@ def trained_batches(data, steps: int = 6) -> tuple[list[tuple[torch.Tensor, torc
         return step(batch, batch_idx)
 
     model.training_step = recorded
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(model, data)
+    train(tmp_path, model, steps, data=data)
     return seen, torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
@@ -237,8 +229,8 @@ def test_data_on_the_device_gives_the_batches_and_training_of_the_loader(fake_ce
         return module(fake_celeba, tmp_path, val_split=None, **options)
 
     # 6 iterations of 4 from 16 images: into a second epoch (a new order) and flips on both
-    loaded, loaded_weights = trained_batches(make(on_device=False))
-    gathered, gathered_weights = trained_batches(make(on_device=True))
+    loaded, loaded_weights = trained_batches(tmp_path, make(on_device=False))
+    gathered, gathered_weights = trained_batches(tmp_path, make(on_device=True))
     assert len(loaded) == len(gathered) == 6
     for (images, attributes), (same_images, same_attributes) in zip(loaded, gathered, strict=True):
         assert torch.equal(images, same_images) and torch.equal(attributes, same_attributes)
