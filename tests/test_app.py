@@ -123,7 +123,15 @@ def test_randomize_sliders_save_mix_and_download_in_a_browser(page_url, tmp_path
         name = "Eyeglasses"
         current = parent_a["controls"][name]
         target = 0.0 if current > 0.5 else 1.0
-        box = page.locator(f"#slider-{name} input[type=range]").bounding_box()
+        slider = f"#slider-{name} input[type=range]"
+        # the sliders take the new character's values in the same update as the genes, but the
+        # page may draw them later: start the drag once the thumb is where the value says
+        page.wait_for_function(
+            "([selector, value]) => Math.abs(parseFloat(document.querySelector(selector).value) - value) < 0.03",
+            arg=[slider, current],
+            timeout=30_000,
+        )
+        box = page.locator(slider).bounding_box()
         y = box["y"] + box["height"] / 2
         before = genes_box.input_value()
         page.mouse.move(box["x"] + box["width"] * current, y)
