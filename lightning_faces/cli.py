@@ -31,7 +31,7 @@ from lightning_faces.checkpoint import (
     load_checkpoint,
     write_failure,
 )
-from lightning_faces.console import quiet_known_noise
+from lightning_faces.console import quiet_known_noise, say
 from lightning_faces.data import FaceDataModule, select_attributes
 from lightning_faces.errors import FacesError
 from lightning_faces.files import remove_stale_temporaries
@@ -119,7 +119,7 @@ class FacesCLI(LightningCLI):
             if not key.endswith((".image_size", ".attributes")) and key in ours and _plain(ours[key]) != _plain(value)
         }
         if differ:
-            _say_once(
+            say(
                 f"checkpoint {path} sets "
                 + ", ".join(f"model.{key} {theirs} (the config says {ours})" for key, (theirs, ours) in differ.items())
                 + ": using the checkpoint's, which its weights were trained with"
@@ -138,7 +138,7 @@ class FacesCLI(LightningCLI):
                 # a requeued job: its own newest checkpoint beats any --ckpt_path it started from
                 config["ckpt_path"] = str(checkpoint)
                 self.save_config_kwargs["overwrite"] = True  # the same run: its config.yaml, now with ckpt_path
-                _say_once(
+                say(
                     f"SLURM job {job_id()}, restart {os.environ.get('SLURM_RESTART_COUNT', 0)}: "
                     f"resuming from {checkpoint}"
                 )
@@ -267,12 +267,6 @@ def _pin_slurm_run_folder(config: Any) -> Path:
 FILE_LOGGERS = ("CSVLogger", "TensorBoardLogger")
 
 
-def _say_once(message: str) -> None:
-    """Prints on the first process only (under DDP or SLURM every process runs the CLI)."""
-    if all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID")):
-        print(message, file=sys.stderr)
-
-
 def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested settings as dotted keys: {"generator": {"init_args": {"width": 64}}} ->
     {"generator.init_args.width": 64}, so that a difference is named by its exact key."""
@@ -316,7 +310,7 @@ def main(args: list[str] | None = None) -> None:
     if stop is not None and stop.exit_status is not None:
         if stop.saved_to is not None:
             name = stop.received.name if stop.received else "a signal"
-            _say_once(f"stopped by {name}: resume with --ckpt_path {stop.saved_to}")
+            say(f"stopped by {name}: resume with --ckpt_path {stop.saved_to}")
         raise SystemExit(stop.exit_status)  # 143 for SIGTERM, 130 for Ctrl-C: not a finished run
 
 

@@ -7,7 +7,16 @@ the other libraries print still comes through.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import warnings
+
+
+def say(message: str) -> None:
+    """Prints ``message`` on stderr, on the first process only (under DDP or SLURM every process
+    runs the same code, and a notice printed by each would repeat)."""
+    if all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID")):
+        print(message, file=sys.stderr)
 
 
 class _DropMessages(logging.Filter):

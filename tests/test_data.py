@@ -238,3 +238,91 @@ def test_landscape_images_are_cut_from_their_shorter_side(tmp_path, size):
     face, _ = ImageFolder(folder, 16, 1.0)[0]
     assert face.shape == (3, 16, 16)
     assert face[2].float().mean() > 250 and face[0].float().mean() < 5  # all of the square, none of the margins
+
+
+def _png_16bit_rgb(path, array: np.ndarray) -> None:
+    """Writes uint16 (H, W, 3) as a 48-bit PNG by hand (PIL writes 16-bit greyscale only)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width, _ = array.shape
+    rows = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(height))  # filter 0 per row
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)  # 16 bits, colour type RGB
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def _faces_in_every_mode(folder):
+    """One face saved in each mode PIL opens, in a format that keeps it; returns
+    {file name: (PIL mode when opened, the 8-bit RGB pixels expected, tolerance)}."""
+    folder.mkdir()
+    original = face_like_image(7, 24, 24).quantize(200).convert("RGB")  # few colours: a palette holds it exactly
+    rgb = np.asarray(original)
+    grey = np.asarray(original.convert("L"))
+    grey_rgb = np.repeat(grey[..., None], 3, axis=2)
+    opaque = Image.new("L", original.size, 255)
+    expected = {}
+
+    def save(name, image, mode, pixels, tolerance=1):
+        image.save(folder / name)
+        expected[name] = (mode, pixels, tolerance)
+
+    save("rgb.png", original, "RGB", rgb, 0)
+    save("grey.png", original.convert("L"), "L", grey_rgb, 0)
+    save("grey16.png", Image.fromarray(grey.astype(np.uint16) * 257), "I;16", grey_rgb)
+    save("grey16.tif", Image.fromarray(grey.astype(np.uint16) * 257), "I;16", grey_rgb)
+    save("int32.tif", Image.fromarray(grey.astype(np.int32) * 257), "I", grey_rgb)  # 16-bit values in 32 bits
+    save("int32-8bit.tif", Image.fromarray(grey.astype(np.int32)), "I", grey_rgb)  # PIL's L -> I keeps 0-255
+    save("float.tif", Image.fromarray(grey.astype(np.float32) / 255), "F", grey_rgb)  # floats in [0, 1]
+    save("palette.png", original.quantize(256), "P", rgb, 0)
+    save("grey-alpha.png", Image.merge("LA", (original.convert("L"), opaque)), "LA", grey_rgb, 0)
+    save("rgba.png", Image.merge("RGBA", (*original.split(), opaque)), "RGBA", rgb, 0)
+    save("cmyk.tif", original.convert("CMYK"), "CMYK", rgb, 0)
+    lab = original.convert("LAB")  # PIL's RGB <-> Lab is approximate (28 levels off here), so the
+    save("lab.tif", lab, "LAB", np.asarray(lab.convert("RGB")), 0)  # file holds what its own conversion gives
+    _png_16bit_rgb(folder / "rgb48.png", rgb.astype(np.uint16) * 257)
+    expected["rgb48.png"] = ("RGB", rgb, 1)
+    return expected
+
+
+def test_every_image_mode_pil_opens_becomes_the_8_bit_face_it_holds(tmp_path):
+    from lightning_faces.data.images import load_face
+
+    expected = _faces_in_every_mode(tmp_path / "modes")
+    for name, (mode, pixels, tolerance) in expected.items():
+        with Image.open(tmp_path / "modes" / name) as image:
+            assert image.mode == mode, name
+        face = load_face(tmp_path / "modes" / name, 24, 1.0).permute(1, 2, 0).numpy().astype(int)
+        error = np.abs(face - pixels).max()
+        assert error <= tolerance, f"{name} ({mode}): off by up to {error} of 255"
+
+
+def test_transparent_pixels_are_laid_over_white_and_a_palette_keeps_its_transparency(tmp_path):
+    from lightning_faces.data.images import load_face
+
+    clear = Image.new("RGBA", (8, 8), (10, 20, 30, 0))
+    clear.save(tmp_path / "clear.png")
+    half = Image.new("LA", (8, 8), (0, 128))
+    half.save(tmp_path / "half.png")
+    palette = Image.new("P", (8, 8), 0)
+    palette.putpalette([0, 0, 0] * 256)
+    palette.save(tmp_path / "palette.png", transparency=0)
+    assert load_face(tmp_path / "clear.png", 8, 1.0).unique().tolist() == [255]
+    assert load_face(tmp_path / "half.png", 8, 1.0).unique().tolist() == [127]  # black at half over white
+    assert load_face(tmp_path / "palette.png", 8, 1.0).unique().tolist() == [255]
+
+
+def test_a_folder_says_in_one_line_how_many_images_of_each_unusual_mode_it_holds(tmp_path, capsys):
+    expected = _faces_in_every_mode(tmp_path / "modes")
+    dataset = ImageFolder(tmp_path / "modes", 16, 1.0)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "not 8-bit RGB" in line]
+    assert len(lines) == 1, lines
+    unusual = sum(mode != "RGB" for mode, _, _ in expected.values())
+    assert f"{unusual} of {len(expected)} images are not 8-bit RGB" in lines[0]
+    assert "2 16-bit greyscale (I;16)" in lines[0] and "2 32-bit integer (I)" in lines[0]
+    assert "1 32-bit float (F)" in lines[0] and "1 palette (P)" in lines[0]
+    assert len(dataset) == len(expected)
+    ImageFolder(tmp_path / "modes", 16, 1.0)  # said once per folder, not at every construction
+    assert "not 8-bit RGB" not in capsys.readouterr().err

@@ -8,8 +8,11 @@ import torch
 from torch.utils.data import Dataset
 
 from lightning_faces.data.datamodule import FaceDataModule, Split
-from lightning_faces.data.images import IMAGE_SUFFIXES, check_crop, load_face
+from lightning_faces.console import say
+from lightning_faces.data.images import IMAGE_SUFFIXES, check_crop, describe_modes, image_modes, load_face
 from lightning_faces.errors import FacesError
+
+_described: set[Path] = set()  # folders whose image modes this process has reported
 
 
 class ImageFolder(Dataset):
@@ -25,6 +28,12 @@ class ImageFolder(Dataset):
         if not self.paths:
             raise FacesError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
         self.image_size, self.crop = image_size, crop
+        if root.resolve() not in _described:
+            _described.add(root.resolve())
+            # 16-bit scans, palettes, CMYK...: converted faithfully, and said once
+            line = describe_modes(image_modes(self.paths), str(root))
+            if line:
+                say(line)
 
     def __len__(self) -> int:
         return len(self.paths)
