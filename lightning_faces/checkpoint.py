@@ -5,8 +5,10 @@ from __future__ import annotations
 import errno
 import importlib
 import pickle
+import pickletools
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,28 +59,113 @@ def _nearly_full(folder: Path) -> bool:
         return False
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Reads a Lightning checkpoint holding only tensors and plain data; explains any refusal."""
+def load_checkpoint(
+    path: str | Path, map_location: Any = "cpu", role: str = "checkpoint", advice: str | None = None
+) -> dict[str, Any]:
+    """Reads a Lightning checkpoint holding only tensors and plain data; explains any refusal.
+
+    Whatever is wrong is one FacesError naming the file and what it is: missing, empty, another
+    kind of file (text, an image, safetensors...), damaged, or holding pickled code. ``role``
+    names the file in messages ("checkpoint"); ``advice`` replaces what they tell the user to do.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FacesError(f"checkpoint {path} does not exist (or is not a file)")
+        raise FacesError(f"{role} {path} does not exist (or is not a file){': ' + advice if advice else ''}")
     if path.stat().st_size == 0:
-        raise FacesError(f"checkpoint {path} is empty (0 bytes): use an earlier checkpoint of the run")
+        raise FacesError(f"{role} {path} is empty (0 bytes): {advice or 'use an earlier checkpoint of the run'}")
+    with path.open("rb") as file:
+        head = file.read(64)
+    kind = file_kind(head, path)
+    if kind is not None:
+        raise FacesError(
+            f"{role} {path} is {kind}, not a PyTorch checkpoint: "
+            + (advice or "pass a .ckpt file that a lightning_faces run wrote (runs/<name>/version_N/checkpoints/)")
+        )
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        found = re.search(r"GLOBAL ([\w.]+)", str(error))
-        what = f" ({found.group(1)})" if found else ""
-        raise FacesError(
-            f"checkpoint {path} holds pickled Python objects{what} beyond tensors and plain data, which could "
-            "run code when loaded, so it was not loaded: use checkpoints that lightning_faces wrote"
-        ) from error
-    except (RuntimeError, EOFError, ValueError, OSError) as error:
-        reason = str(error).split(". ")[0].strip() or type(error).__name__
-        raise FacesError(
-            f"checkpoint {path} is damaged or not a PyTorch checkpoint (truncated, or another kind of file: "
-            f"{reason}): use an earlier checkpoint of the run"
-        ) from error
+        code = _pickled_code(str(error)) or (_pickle_globals(path) if head.startswith(b"\x80") else None)
+        if code is not None:
+            raise FacesError(
+                f"{role} {path} holds pickled Python objects ({code}) beyond tensors and plain data, which could run "
+                f"code when loaded, so it was not loaded: {advice or 'use checkpoints that lightning_faces wrote'}"
+            ) from error
+        raise _damaged(path, error, role, advice) from error
+    except Exception as error:  # noqa: BLE001 - torch's readers fail in many ways on a damaged file
+        raise _damaged(path, error, role, advice) from error
+
+
+def _damaged(path: Path, error: BaseException, role: str, advice: str | None) -> FacesError:
+    text = str(error)
+    reason = re.search(r"(?:WeightsUnpickler error|enforce fail[^\]]*\]) *:? *([^\n]+?)(?:\.|$)", text)
+    reason_text = (reason.group(1) if reason else text.split(". ")[0]).strip() or type(error).__name__
+    return FacesError(
+        f"{role} {path} is damaged (cut short or corrupted: {type(error).__name__}: {reason_text[:120]}): "
+        f"{advice or 'use an earlier checkpoint of the run'}"
+    )
+
+
+def _pickled_code(message: str) -> str | None:
+    """The callable a refused pickle asked for, unless it is a name cut short by a truncated file
+    (damage, not code). Looked up among loaded modules only: nothing is imported for it."""
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    if found is None:
+        return None
+    module_name, _, name = found.group(1).rpartition(".")
+    module = sys.modules.get(module_name)
+    return None if module is not None and not hasattr(module, name) else found.group(1)
+
+
+def _pickle_globals(path: Path) -> str | None:
+    """The first class or function a plain pickle file names (None when it names none), read
+    opcode by opcode with pickletools, which runs nothing: torch's reader stops at a pickle
+    protocol it does not know before it reaches the name."""
+    strings: list[str] = []
+    try:
+        with path.open("rb") as file:
+            for opcode, argument, _ in pickletools.genops(file):
+                if opcode.name == "GLOBAL":
+                    return str(argument).replace(" ", ".")
+                if opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    return f"{strings[-2]}.{strings[-1]}"
+                if isinstance(argument, str):
+                    strings.append(argument)
+    except Exception:  # noqa: BLE001 - damaged: whatever was read before is all there is
+        return None
+    return None
+
+
+def file_kind(head: bytes, path: Path) -> str | None:
+    """What a file is, from its first bytes, when it is plainly not a PyTorch checkpoint (None:
+    it may be one, a zip archive or a pickle, as ``torch.save`` writes)."""
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return None  # torch.save's zip format, or its legacy pickle
+    for magic, name in (
+        (b"\x89PNG", "a PNG image"),
+        (b"\xff\xd8\xff", "a JPEG image"),
+        (b"GIF8", "a GIF image"),
+        (b"%PDF", "a PDF document"),
+        (b"\x93NUMPY", "a NumPy array file"),
+        (b"\x1f\x8b", "a gzip archive"),
+    ):
+        if head.startswith(magic):
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "a WebP image"
+    if len(head) > 10 and head[8:10] == b'{"':
+        return "a safetensors file (an export's weights: give the export's folder instead)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and "\x00" not in text:
+        stripped = text.lstrip()
+        if stripped.startswith(("{", "[")):
+            return "a JSON or text file"
+        if path.suffix.lower() in (".yaml", ".yml"):
+            return "a YAML file"
+        return "a text file"
+    return "a file of unknown content"
 
 
 # what a checkpoint's settings may name as a class: this package's networks, objectives,
@@ -93,13 +180,29 @@ def gan_settings(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]
     Raises FacesError for checkpoints from before networks were injected (lightning_faces 0.1,
     with ``g_width``/``d_width`` settings), which this version cannot rebuild.
     """
-    settings = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not k.startswith("_")}
+    hyper_parameters = checkpoint.get("hyper_parameters") or {}
+    settings = {k: v for k, v in hyper_parameters.items() if not k.startswith("_")}
+    if is_classifier(hyper_parameters):
+        raise FacesError(
+            f"checkpoint {path} is an attribute classifier's, not a GAN's: it judges faces (use it with "
+            "`serve GENERATOR --classifier` or AttributeAccuracy's classifier_path); pass a GAN checkpoint here"
+        )
     if settings and "generator" not in settings:
         raise FacesError(
             f"checkpoint {path} was written by lightning_faces 0.1 (networks set by g_width/d_width), whose "
             "settings this version cannot rebuild: train a new run, or sample from it with lightning_faces 0.1"
         )
     return settings
+
+
+def is_classifier(hyper_parameters: dict[str, Any]) -> bool:
+    """Whether a checkpoint's hyper-parameters are the attribute classifier's (classifier.py)."""
+    class_path = str(hyper_parameters.get("_class_path", ""))
+    if class_path:
+        return class_path.endswith(".AttributeClassifier")
+    return (
+        "attributes" in hyper_parameters and "generator" not in hyper_parameters and "g_width" not in hyper_parameters
+    )
 
 
 def build(value: Any, path: str | Path) -> Any:

@@ -129,7 +129,12 @@ class AttributeClassifier(L.LightningModule):
 
         checkpoint = load_checkpoint(path, map_location=map_location)
         settings = checkpoint.get("hyper_parameters") or {}
-        if "attributes" not in settings or "generator" in settings:
+        if "generator" in settings:
+            raise FacesError(
+                f"checkpoint {path} is a GAN's, not an attribute classifier's: a GAN goes first (`serve GAN.ckpt`), "
+                f"a classifier after --classifier (train one with {CONFIG_HINT})"
+            )
+        if "attributes" not in settings:
             raise FacesError(f"checkpoint {path} is not an attribute classifier's (train one with {CONFIG_HINT})")
         known = ("attributes", "image_size", "width", "lr", "weight_decay")
         model = cls(**{key: settings[key] for key in known if key in settings})

@@ -243,9 +243,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Face
     local = Path(text).expanduser()
     try:
         if local.is_file():
-            if local.suffix not in (".ckpt", ".pt", ".pth"):
-                raise FacesError(f"{local} is not a checkpoint (.ckpt) or an export folder")
-            generator = from_checkpoint(local)
+            generator = from_checkpoint(local)  # anything else is named as what it is (load_checkpoint)
         elif local.is_dir():
             if not (local / "config.json").is_file() or not (local / "model.safetensors").is_file():
                 raise FacesError(

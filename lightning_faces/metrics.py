@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from lightning_faces.checkpoint import load_checkpoint
 from lightning_faces.data import to_uint8
 from lightning_faces.errors import FacesError
 from lightning_faces.files import atomic_path
@@ -91,15 +92,21 @@ def check_inception_weights(path: str | None, option: str = f"--{WEIGHTS_KEY}") 
         file = Path(path).expanduser()
         if not file.is_file():
             raise FacesError(f"{option} {file} is not a file: {advice}")
-    try:
-        # torch-fidelity unpickles the file freely; read it safely first, so a file from
-        # elsewhere cannot run code
-        torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:
+    # torch-fidelity unpickles the file freely; read it safely first, so a file from elsewhere
+    # cannot run code, and check it is Inception before a run depends on it
+    weights = load_checkpoint(file, role=f"{option}", advice=advice)
+    found = {key: tuple(value.shape) for key, value in weights.items() if isinstance(value, torch.Tensor)}
+    if any(found.get(key) != shape for key, shape in INCEPTION_SHAPES.items()):
+        what = "a GAN checkpoint" if "state_dict" in weights and "hyper_parameters" in weights else "another file"
         raise FacesError(
-            f"FID's Inception weights {file} cannot be read as plain tensors ({error}): {advice}"
-        ) from error
+            f"{option} {file} is not Inception weights (it is {what}: torch-fidelity's FeatureExtractorInceptionV3 "
+            f"state dict, with {', '.join(INCEPTION_SHAPES)}, was expected): {advice}"
+        )
     return None if path is None else str(file)
+
+
+# tensors every copy of FID's Inception (torch-fidelity's layout) holds, with their shapes
+INCEPTION_SHAPES = {"Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3), "Mixed_7c.branch_pool.conv.weight": (192, 2048, 1, 1)}
 
 
 RESIZES = {

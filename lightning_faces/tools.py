@@ -11,7 +11,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from lightning_faces.checkpoint import gan_settings, generator_image_size, load_checkpoint
 from lightning_faces.data import CelebA, ImageFolder, to_uint8
 from lightning_faces.errors import FacesError
 from lightning_faces.metrics import (
@@ -113,23 +112,19 @@ def run_tool(argv: list[str]) -> None:
 def compute_fid(args: argparse.Namespace) -> float:
     weights = check_inception_weights(args.weights, option="--weights")
     device = torch.device(args.device)
-    checkpoints = [s for s in (args.source_a, args.source_b) if _is_checkpoint(s)]
-    image_size = args.image_size or (_checkpoint_image_size(checkpoints[0]) if checkpoints else None) or 64
+    # both sources are opened and checked before any Inception pass (minutes per 10,000 images)
+    models = {source: _checkpoint_gan(source, device) for source in (args.source_a, args.source_b)}
+    sizes = [model.image_size for model in models.values() if model is not None]
+    image_size = args.image_size or (sizes[0] if sizes else 64)
+    sources = [_source(name, models[name], image_size, args) for name in (args.source_a, args.source_b)]
     fid = make_fid(weights, resize=args.resize).to(device)
     counts = []
-    for source, real in ((args.source_a, True), (args.source_b, False)):
-        count = 0
-        with tqdm(desc=f"Inception features of {source}", unit="img", leave=False) as progress:
-            for images in _batches(source, image_size, args, device):
+    for (name, batches, count), real in zip(sources, (True, False), strict=True):
+        with tqdm(total=count, desc=f"Inception features of {name}", unit="img") as progress:
+            for images in batches():
                 fid.update(images.to(device), real=real)
-                count += images.shape[0]
                 progress.update(images.shape[0])
-        if count < 2:
-            raise FacesError(
-                f"{source} gave {count} image{'s' * (count != 1)}: FID needs at least 2 from each source "
-                "(thousands for a number worth comparing)"
-            )
-        print(f"{'A' if real else 'B'}: {count} images from {source}")
+        print(f"{'A' if real else 'B'}: {count} images from {name}")
         counts.append(count)
     protocol = {
         "A": counts[0],
@@ -143,12 +138,49 @@ def compute_fid(args: argparse.Namespace) -> float:
     return float(fid.compute())
 
 
-def _is_checkpoint(source: str) -> bool:
-    return Path(source).is_file() and Path(source).suffix in (".ckpt", ".pt", ".pth")
+def _checkpoint_gan(source: str, device: torch.device):
+    """The GAN of ``source`` when it is a file (refused in one line unless a GAN checkpoint), else None."""
+    if not Path(source).is_file():
+        return None
+    return load_gan(source, device)
 
 
-def _checkpoint_image_size(path: str) -> int | None:
-    return generator_image_size(gan_settings(load_checkpoint(path), path))
+def _source(source: str, model, image_size: int, args: argparse.Namespace):
+    """``(source, batches, count)``: a function yielding uint8 (B, 3, S, S) batches of a
+    checkpoint's samples or a folder's images, and how many it yields, checked before use."""
+    if model is not None:
+        if model.image_size != image_size:
+            raise FacesError(f"{source} generates {model.image_size}px images, not --image-size {image_size}")
+        return source, lambda: _samples(model, args), args.num_samples
+    path = Path(source)
+    if not path.exists():
+        raise FacesError(f"{source} does not exist: FID takes a checkpoint file or a folder of images")
+    dataset: Dataset
+    if (path / "celeba" / "list_attr_celeba.txt").exists():
+        dataset = CelebA(path, args.split, image_size, 0.79 if args.crop is None else args.crop)
+    else:
+        dataset = ImageFolder(path, image_size, 1.0 if args.crop is None else args.crop)
+    if args.max_images is not None and args.max_images < len(dataset):
+        dataset = torch.utils.data.Subset(dataset, real_sample(len(dataset), args.max_images))
+    if len(dataset) < 2:
+        raise FacesError(
+            f"{source} holds {len(dataset)} image{'s' * (len(dataset) != 1)}: FID needs at least 2 from each "
+            "source (thousands for a number worth comparing)"
+        )
+
+    def batches():
+        for images, _ in DataLoader(dataset, batch_size=args.batch_size, num_workers=2):
+            yield images
+
+    return source, batches, len(dataset)
+
+
+def _samples(model, args: argparse.Namespace):
+    seeded = torch.Generator(device=model.device).manual_seed(0)
+    for start in range(0, args.num_samples, args.batch_size):
+        count = min(args.batch_size, args.num_samples - start)
+        latents, attributes = model.sample_latents(count, seeded), model.sample_attributes(count, seeded)
+        yield to_uint8(model.generate(latents, attributes, ema=args.generator == "ema"))
 
 
 def load_gan(path: str, device: torch.device):
@@ -157,29 +189,3 @@ def load_gan(path: str, device: torch.device):
 
     model = GAN.from_checkpoint(path, map_location=device)
     return model.to(device).eval()
-
-
-def _batches(source: str, image_size: int, args: argparse.Namespace, device: torch.device):
-    """Yields uint8 (B, 3, S, S) batches from a folder, a CelebA folder or a checkpoint."""
-    if _is_checkpoint(source):
-        model = load_gan(source, device)
-        if model.image_size != image_size:
-            raise FacesError(f"{source} generates {model.image_size}px images, not --image-size {image_size}")
-        seeded = torch.Generator(device=device).manual_seed(0)
-        for start in range(0, args.num_samples, args.batch_size):
-            count = min(args.batch_size, args.num_samples - start)
-            latents, attributes = model.sample_latents(count, seeded), model.sample_attributes(count, seeded)
-            yield to_uint8(model.generate(latents, attributes, ema=args.generator == "ema"))
-        return
-    path = Path(source)
-    if not path.exists():
-        raise FacesError(f"{source} is neither a checkpoint file nor a folder of images")
-    dataset: Dataset
-    if (path / "celeba" / "list_attr_celeba.txt").exists():
-        dataset = CelebA(path, args.split, image_size, 0.79 if args.crop is None else args.crop)
-    else:
-        dataset = ImageFolder(path, image_size, 1.0 if args.crop is None else args.crop)
-    if args.max_images is not None and args.max_images < len(dataset):
-        dataset = torch.utils.data.Subset(dataset, real_sample(len(dataset), args.max_images))
-    for images, _ in DataLoader(dataset, batch_size=args.batch_size, num_workers=2):
-        yield images

@@ -89,7 +89,7 @@ class RunsCode:
 @pytest.mark.parametrize(
     ("damage", "expected"),
     [
-        ("truncated", "is damaged or not a PyTorch checkpoint"),
+        ("truncated", "is damaged (cut short or corrupted"),
         ("empty", "is empty (0 bytes)"),
         ("code", "holds pickled Python objects (posix.system)"),
     ],
@@ -197,7 +197,7 @@ def test_fid_command_errors_are_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(tools, "check_inception_weights", lambda path, option: None)
     monkeypatch.setattr(tools, "make_fid", lambda weights, resize: make_fid(feature_extractor=TinyFeatures()))
     line = one_line_error(capsys, ["fid", str(one), str(many), "--image-size", "16"])
-    assert f"{one} gave 1 image: FID needs at least 2" in line
+    assert f"{one} holds 1 image: FID needs at least 2" in line
 
 
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])

@@ -144,7 +144,7 @@ def test_load_generator_refuses_foreign_code_and_damaged_files_in_one_line(check
         load_generator(tmp_path)
     with pytest.raises(FacesError, match="does not exist"):
         load_generator(tmp_path / "nothing.ckpt")
-    with pytest.raises(FacesError, match="is not a checkpoint"):
+    with pytest.raises(FacesError, match="is a text file, not a PyTorch checkpoint"):
         load_generator(out / "README.md")
 
 

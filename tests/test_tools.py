@@ -59,7 +59,10 @@ def test_fid_command_explains_a_checkpoint_of_a_gan_built_in_python(tmp_path, fa
 def test_fid_command_refuses_what_is_neither_folder_nor_checkpoint(tmp_path, tiny_fid, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fid", str(tmp_path / "missing"), str(tmp_path / "missing2")])
-    assert exit_info.value.code == 2 and "neither a checkpoint file nor a folder" in capsys.readouterr().err
+    assert (
+        exit_info.value.code == 2
+        and "missing does not exist: FID takes a checkpoint file or a folder" in capsys.readouterr().err
+    )
 
 
 @pytest.mark.skipif(not SHARED_WEIGHTS.exists(), reason="needs ../shared/fid (the Inception weights, offline)")
