@@ -324,12 +324,33 @@ def make_studio(args: argparse.Namespace) -> Studio:
     return Studio(generator, directions)
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuses a port another program (another serve) listens on, in one line, before loading anything."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise FacesError(f"--host {host} is not an address of this machine ({error.strerror})") from error
+    family, kind, protocol, _, address = infos[0]
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: a closed port is free
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise FacesError(
+                f"port {port} on {host} is in use (another serve, or another program: {error.strerror}): "
+                f"choose another with --port, e.g. --port {port + 1}"
+            ) from error
+
+
 def run(args: argparse.Namespace) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         import gradio  # noqa: F401
     except ModuleNotFoundError as error:
         raise FacesError(f"serve needs Gradio ({error}): pip install -e '.[app]'") from error
+    check_port_free(args.host, args.port)
     studio = make_studio(args)  # a bad checkpoint is one line here, before any server starts
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(

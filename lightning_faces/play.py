@@ -22,6 +22,7 @@ from lightning_faces.generator import FaceGenerator, load_generator, truncate
 
 MAX_IMAGES = 10_000  # per generate command
 MAX_FRAMES = 2_000  # per interpolate command
+MAX_SEED = 2**63 - 1  # seeds are 64-bit signed integers on every platform torch runs on
 
 
 def as_image(image: torch.Tensor) -> Image.Image:
@@ -40,6 +41,27 @@ def _truncation(text: str) -> float:
     value = float(text)
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in (0, 1] (1: none), got {value}")
+    return value
+
+
+def check_output(path: Path, option: str, kind: str) -> Path:
+    """Refuses, in one line and before any work, an output path that cannot become a ``kind``
+    ("folder" or "file"): one that exists as the other kind, or one under a file."""
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise FacesError(f"{option} {path} is a file, but a folder is written there: choose a folder (new or existing)")
+    if kind == "file" and path.is_dir():
+        raise FacesError(f"{option} {path} is a folder: give the file to write, e.g. {path / 'walk.gif'}")
+    above = next((parent for parent in path.absolute().parents if parent.exists()), None)
+    if above is not None and not above.is_dir():
+        raise FacesError(f"{option} {path} is under {above}, which is a file, not a folder: choose another path")
+    return path
+
+
+def seed(text: str) -> int:
+    """An argparse type: a seed in [0, MAX_SEED]."""
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63 - 1] ({MAX_SEED}), got {value}")
     return value
 
 
@@ -62,7 +84,7 @@ def add_arguments(commands: argparse._SubParsersAction, at_least) -> None:
     )
     add_source(generate)
     generate.add_argument("--num", type=at_least(1), default=16, help=f"faces to render (at most {MAX_IMAGES})")
-    generate.add_argument("--seed", type=at_least(0), default=0, help="the first face's seed")
+    generate.add_argument("--seed", type=seed, default=0, help="the first face's seed, in [0, 2**63 - 1]")
     generate.add_argument("--grid", action="store_true", help="one grid.png instead of one PNG per face")
     generate.add_argument("--truncation", type=_truncation, default=1.0, help="psi in (0, 1]; 0.7 is usual")
     generate.add_argument(
@@ -81,7 +103,9 @@ def add_arguments(commands: argparse._SubParsersAction, at_least) -> None:
         "circles of the latent space (spherical interpolation: Gaussian latents keep their typical length).",
     )
     add_source(walk)
-    walk.add_argument("--seeds", type=at_least(0), nargs="+", required=True, help="two or more seeds, in order")
+    walk.add_argument(
+        "--seeds", type=seed, nargs="+", required=True, help="two or more seeds in [0, 2**63 - 1], in order"
+    )
     walk.add_argument("--frames", type=at_least(2), default=60, help="frames from one seed to the next")
     walk.add_argument("--truncation", type=_truncation, default=1.0, help="psi in (0, 1]")
     walk.add_argument("--attributes", default=None, help="fixed attribute values (else each seed's, blended)")
@@ -106,6 +130,7 @@ def run(args: argparse.Namespace) -> None:
             raise FacesError(f"{args.checkpoint} is not a file: export takes a training checkpoint (.ckpt)")
         from lightning_faces.generator import export
 
+        check_output(Path(args.out), "export OUT:", "folder")
         out = export(args.checkpoint, args.out)
         print(f"exported to {out}: {load_generator(out).describe()}")
     elif args.command == "generate":
@@ -122,9 +147,11 @@ def _generator(args: argparse.Namespace) -> FaceGenerator:
 def generate(args: argparse.Namespace) -> list[Path]:
     if args.num > MAX_IMAGES:
         raise FacesError(f"--num {args.num} is more than {MAX_IMAGES} faces per command: run it in parts with --seed")
+    if args.seed + args.num - 1 > MAX_SEED:
+        raise FacesError(f"--seed {args.seed} with --num {args.num} goes past the largest seed, 2**63 - 1 ({MAX_SEED})")
+    out = check_output(Path(args.out), "--out", "folder")
     generator = _generator(args)
     values = parse_attribute_values(args.attributes, generator.attributes, fractions=True)
-    out = Path(args.out)
     seeds = list(range(args.seed, args.seed + args.num))
     images = generator.render_seeds(seeds, values, args.truncation)  # G runs in batches of MAX_BATCH
     if args.grid:
@@ -147,6 +174,7 @@ def interpolate(args: argparse.Namespace) -> Path:
         raise FacesError("--seeds needs at least two seeds to walk between")
     if len(args.seeds) * args.frames > MAX_FRAMES:
         raise FacesError(f"{len(args.seeds)} seeds x {args.frames} frames is more than {MAX_FRAMES} frames")
+    out = check_output(Path(args.out), "--out", "file")
     generator = _generator(args)
     values = parse_attribute_values(args.attributes, generator.attributes, fractions=True)
     latents = [generator.seed_latent(seed) for seed in args.seeds]
@@ -168,7 +196,6 @@ def interpolate(args: argparse.Namespace) -> Path:
     images = generator.render(z, y, args.truncation)
     size = generator.image_size * args.scale
     pictures = [as_image(image).resize((size, size), Image.Resampling.NEAREST) for image in images]
-    out = Path(args.out)
     with atomic_path(out) as tmp:
         pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:], duration=args.frame_ms, loop=0)
     return out

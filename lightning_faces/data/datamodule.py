@@ -167,6 +167,8 @@ class FaceDataModule(L.LightningDataModule):
             raise FacesError(f"batch_size must be at least 1, got {batch_size}")
         if samples_per_epoch is not None and samples_per_epoch < batch_size:
             raise FacesError(f"samples_per_epoch {samples_per_epoch} is smaller than batch_size {batch_size}")
+        if predict_samples < 1:
+            raise FacesError(f"predict_samples must be at least 1 (the images predict writes), got {predict_samples}")
         self.image_size = image_size
         self.batch_size = batch_size
         self.num_workers = min(8, available_cpus()) if num_workers is None else num_workers
