@@ -35,10 +35,10 @@ from lightning_faces.console import quiet_known_noise, say
 from lightning_faces.data import FaceDataModule, select_attributes
 from lightning_faces.errors import FacesError
 from lightning_faces.files import remove_stale_temporaries
-from lightning_faces.loggers import prepare_wandb
+from lightning_faces.loggers import RunStarted, new_process_run, prepare_wandb, remove_unstarted_run_folders
 from lightning_faces.metrics import FID
 from lightning_faces.module import GAN
-from lightning_faces.signals import GracefulStop
+from lightning_faces.signals import GracefulStop, StoppedAtOnce
 from lightning_faces.slurm import Requeue, in_slurm_job, job_id, resume_checkpoint
 
 
@@ -171,9 +171,12 @@ class FacesCLI(LightningCLI):
                 plugins = [*plugins, SLURMEnvironment(auto_requeue=False)]
         kwargs["plugins"], kwargs["callbacks"] = plugins, callbacks
         trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(RunStarted())
         if self.subcommand == "fit":
             # last of all callbacks (after FID and ModelCheckpoint): they save the finished iteration
-            trainer.callbacks.append(GracefulStop())
+            stop = GracefulStop()
+            stop.install()  # from now on a signal stops the start cleanly (data preparation included)
+            trainer.callbacks.append(stop)
             if self.slurm_folder is not None:
                 trainer.callbacks.append(Requeue(str(self.slurm_folder)))
         return trainer
@@ -206,18 +209,52 @@ class ShortErrorParser(LightningArgumentParser):
         pass
 
     def error(self, message: str, *args: Any, **kwargs: Any) -> Any:
-        # a check inside an argument link (e.g. an unknown attribute name) says what it checked
-        linked = re.match(r"Call to compute_fn of link .*? failed: (.*)", message, flags=re.DOTALL)
-        if linked:
-            message = linked.group(1)
-        # a bad key under a class (the model, a network): the innermost reason and its class,
-        # not the union of every type the value was tried against
-        reasons = re.findall(r"Problem with given class_path '([^']+)':\s*\n\s*(.+)", message)
-        if reasons:
-            key = re.match(r'Parser key "([^"]+)"', message)
-            class_path, reason = reasons[-1]
-            message = f"{key.group(1) + ': ' if key else ''}{reason.strip()} (in {class_path})"
+        if self.exit_on_error:  # the parser that prints; nested ones pass their whole text up to it
+            message = short_error(message)
         return super().error(message, *args, **kwargs)
+
+
+def short_error(message: str) -> str:
+    """jsonargparse's error, often a tree of every type a value was tried against, as one line.
+
+    A bad value under a class (``--data.batch_size sixty``, ``--model.generator.init_args.width
+    abc``) becomes its full key, the type expected, the value given and the class:
+    ``data.batch_size: expected int, got 'sixty' (in lightning_faces.data.CelebADataModule)``.
+    """
+    # a check inside an argument link (e.g. an unknown attribute name) says what it checked
+    linked = re.match(r"Call to compute_fn of link .*? failed: (.*)", message, flags=re.DOTALL)
+    if linked:
+        return linked.group(1)
+    lines = message.splitlines()
+    keys: list[str] = []
+    class_path, depth, deepest = None, -1, 0
+    for index, line in enumerate(lines):
+        indent = len(line) - len(line.lstrip(" -"))
+        key = re.match(r'\s*(?:- )?Parser key "([^"]+)"', line)
+        given = re.match(r"\s*(?:- )?Problem with given class_path '([^']+)':", line)
+        if key and indent > depth:
+            keys.append(key.group(1))
+            depth, deepest = indent, index
+        elif given and indent > depth:
+            class_path, depth = given.group(1), indent
+            # under a top-level class (data, model) LightningCLI takes keys without init_args
+            keys.append("" if keys in (["data"], ["model"]) else "init_args")
+    reason_lines = [line for line in lines[deepest + 1 :] if len(line) - len(line.lstrip(" -")) > depth]
+    expected = [_type_name(t) for t in re.findall(r"Expected a <class '([^']+)'>", "\n".join(reason_lines))]
+    value = re.search(r"Got value: (.*)|Given value: (.*)", "\n".join(reason_lines))
+    where = f" (in {class_path})" if class_path else ""
+    key_text = ".".join(part for part in keys if part)
+    if expected and value:
+        got = next(group for group in value.groups() if group is not None)
+        return f"{key_text}: expected {' or '.join(dict.fromkeys(expected))}, got {got!r}{where}"
+    if class_path and reason_lines:  # another reason under a class (an unknown key, say): said as it is
+        reason = " ".join(line.strip(" -") for line in reason_lines)
+        return f"{key_text}: {reason}{where}"
+    return message
+
+
+def _type_name(name: str) -> str:
+    return "None" if name == "NoneType" else name.rsplit(".", 1)[-1]
 
 
 def _is_gan(class_path: str) -> bool:
@@ -288,17 +325,28 @@ def main(args: list[str] | None = None) -> None:
     """Runs the CLI; a FacesError becomes one line on stderr and exit status 2."""
     argv = sys.argv[1:] if args is None else args
     quiet_known_noise()
+    new_process_run()
     try:
         if argv and argv[0] in TOOLS:
             from lightning_faces.tools import run_tool
 
             run_tool(argv)
             return
+        check_not_only_overlays(argv)
         if argv and argv[0] == "prepare":
             prepare(argv[1:])
             return
         cli = make_cli(args)
+    except StoppedAtOnce as stop:
+        remove_unstarted_run_folders()
+        say(f"stopped: {stop}")
+        raise SystemExit(stop.exit_status) from None
+    except KeyboardInterrupt:  # Ctrl-C before the trainer (and its handler) existed
+        remove_unstarted_run_folders()
+        say("stopped: Ctrl-C before training started: nothing to save")
+        raise SystemExit(130) from None
     except Exception as error:
+        remove_unstarted_run_folders()  # a start that failed leaves no run folder behind
         # a FacesError raised while the config parser builds a class comes back wrapped in the
         # parser's own error (e.g. "Does not validate against any of the Union subtypes")
         cause = user_error(error)
@@ -312,6 +360,61 @@ def main(args: list[str] | None = None) -> None:
             name = stop.received.name if stop.received else "a signal"
             say(f"stopped by {name}: resume with --ckpt_path {stop.saved_to}")
         raise SystemExit(stop.exit_status)  # 143 for SIGTERM, 130 for Ctrl-C: not a finished run
+
+
+def check_not_only_overlays(argv: list[str]) -> None:
+    """Refuses, in one line, configs that are all overlays (a YAML whose first line starts
+    ``# Overlay``): each changes a complete config and means nothing alone."""
+    configs = [Path(value) for value in _option_values(argv, "--config")]
+    overlays = [config for config in configs if _is_overlay(config)]
+    if not configs or len(overlays) < len(configs):
+        return
+    overlay = overlays[0]
+    before = _configs_before(overlay) or ["configs/dcgan.yaml"]
+    example = " ".join(f"--config {name}" for name in [*before, str(overlay)])
+    raise FacesError(
+        f"{overlay} is an overlay: it changes a complete config and cannot run alone; put a complete one before it, "
+        f"e.g. {example}"
+    )
+
+
+def _option_values(argv: list[str], option: str) -> list[str]:
+    values = []
+    for index, item in enumerate(argv):
+        if item == option and index + 1 < len(argv):
+            values.append(argv[index + 1])
+        elif item.startswith(option + "="):
+            values.append(item.split("=", 1)[1])
+    return values
+
+
+def _header(config: Path) -> list[str]:
+    """The comment lines a YAML file opens with (empty when it cannot be read)."""
+    try:
+        lines = config.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    header = []
+    for line in lines:
+        if not line.startswith("#"):
+            break
+        header.append(line.lstrip("#").strip())
+    return header
+
+
+def _is_overlay(config: Path) -> bool:
+    header = _header(config)
+    return bool(header) and header[0].startswith("Overlay")
+
+
+def _configs_before(overlay: Path) -> list[str]:
+    """The configs that the overlay's own usage line (in its header) puts before it."""
+    commands = " ".join(_header(overlay)).replace("\\ ", " ")
+    for command in re.findall(r"python -m lightning_faces fit ((?:--config \S+\s*)+)", commands):
+        names = re.findall(r"--config (\S+)", command)
+        if names and Path(names[-1]).name == overlay.name and len(names) > 1:
+            return names[:-1]
+    return []
 
 
 WRITE_ERRORS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)

@@ -6,13 +6,16 @@ from __future__ import annotations
 import csv
 import netrc
 import os
+import shutil
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch import Callback
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
@@ -43,6 +46,7 @@ class CSVLogger(LightningCSVLogger):
         while True:
             try:
                 os.mkdir(os.path.join(root, f"version_{version}"))  # atomic: one process wins
+                _claimed.append(Path(root) / f"version_{version}")
                 return version
             except FileExistsError:
                 version += 1
@@ -54,6 +58,40 @@ class CSVLogger(LightningCSVLogger):
             self._fs.makedirs(self._root_dir, exist_ok=True)
             self._experiment = _ContinuingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+_claimed: list[Path] = []  # version folders this process created, for a start that fails
+
+
+class RunStarted(Callback):
+    """Marks the run folder as worth keeping once the first batch of any loop is done (the CLI
+    adds it); until then a failed start removes it (``remove_unstarted_run_folders``)."""
+
+    started = False
+
+    def _started(self, *args: Any) -> None:
+        RunStarted.started = True
+
+    on_train_batch_end = on_validation_batch_end = on_test_batch_end = on_predict_batch_end = _started
+
+
+def new_process_run() -> None:
+    """Forgets earlier runs of this process (tests call the CLI many times in one process)."""
+    _claimed.clear()
+    RunStarted.started = False
+
+
+def remove_unstarted_run_folders() -> list[Path]:
+    """Removes the version folders this process created for a run that stopped before its first
+    batch (a bad dataset, weights file or signal at start-up): a failed start leaves no run
+    folder behind, and the next run gets the version number this one had."""
+    if RunStarted.started:
+        return []
+    removed = [folder for folder in _claimed if folder.is_dir()]
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    _claimed.clear()
+    return removed
 
 
 def wandb_credentials() -> bool:

@@ -13,6 +13,7 @@ SLURM's warning signal and requeues the job.
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,20 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
+
+
+class StoppedAtOnce(BaseException):
+    """A signal that stops the run where it is, without a checkpoint: one that came before
+    training started (nothing to save yet), or a second Ctrl-C. Not an ``Exception``, so nothing
+    on its way up mistakes it for an error to handle; the CLI says so and exits 128 + signal."""
+
+    def __init__(self, signum: signal.Signals, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + int(self.signum)
 
 
 class StopOnSignal(L.Callback):
@@ -38,6 +53,7 @@ class StopOnSignal(L.Callback):
         self.received: signal.Signals | None = None  # set by the handler on this rank
         self.stopped = False  # saved and stopped (on every rank)
         self.saved_to: Path | None = None
+        self.saved_step: int | None = None
         self._previous: dict[signal.Signals, Any] = {}
 
     def checkpoint_path(self, trainer: L.Trainer) -> Path:
@@ -63,8 +79,6 @@ class StopOnSignal(L.Callback):
         self._install()  # again: Lightning puts its own SIGTERM handler in place just before training
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the checkpoint
         self.received = signal.Signals(signum)
 
     def _signalled(self, trainer: L.Trainer) -> bool:
@@ -86,26 +100,64 @@ class StopOnSignal(L.Callback):
                 # this iteration is saved: the epoch cut short must not save again at its end (an
                 # epoch-end checkpoint would resume at the next epoch, skipping the rest of this one)
                 callback._last_global_step_saved = trainer.global_step
-        self.saved_to = path
+        self.saved_to, self.saved_step = path, trainer.global_step
         self.stopped = True
         trainer.should_stop = True
 
     def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
-            for signum, previous in self._previous.items():
-                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-            self._previous = {}
+            self._restore()
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        self._restore()  # fit ends here without teardown hooks
+
+    def _restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
 
 
 class GracefulStop(StopOnSignal):
     """On SIGTERM or Ctrl-C: finish the iteration, save ``last.ckpt``, stop; the CLI exits 143/130.
 
     ``last.ckpt`` goes where the config's ModelCheckpoint keeps it (its ``dirpath``), else to
-    ``<run folder>/checkpoints/``. A second Ctrl-C stops at once, without saving.
+    ``<run folder>/checkpoints/``. Before training starts (data preparation, setup) there is
+    nothing to save, and a second Ctrl-C means "now": both stop at once (``StoppedAtOnce``).
+    The CLI installs the handlers as soon as the trainer exists (``install``).
     """
 
     def __init__(self, check_every_n_steps: int = 10) -> None:
         super().__init__(("SIGTERM", "SIGINT"), check_every_n_steps)
+        self.training_started = False
+        self._pid = os.getpid()
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        super().on_train_start(trainer, module)
+        if self.received is not None:  # came during setup, between Lightning's handler and ours
+            raise StoppedAtOnce(self.received, f"{self.received.name} before training started: nothing to save")
+        self.training_started = True
+
+    def install(self) -> None:
+        """Takes SIGTERM and Ctrl-C from here on (a signal before training stops the run at once)."""
+        self._pid = os.getpid()
+        self._install()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        received = signal.Signals(signum)
+        if os.getpid() != self._pid:  # a forked loader worker: the main process decides
+            if received == signal.SIGINT:
+                raise KeyboardInterrupt  # which PyTorch's workers take quietly
+            return
+        if not self.training_started:
+            raise StoppedAtOnce(received, f"{received.name} before training started: nothing to save")
+        if self.received is not None and received == signal.SIGINT:
+            saved = (
+                f"iteration {self.saved_step} is saved in {self.saved_to}"
+                if self.saved_to
+                else "this iteration not saved"
+            )
+            raise StoppedAtOnce(received, f"a second Ctrl-C: stopped at once ({saved})")
+        super()._on_signal(signum, frame)
 
     def checkpoint_path(self, trainer: L.Trainer) -> Path:
         return Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints" / "last.ckpt"

@@ -53,3 +53,32 @@ class PauseAt(L.Callback):
             if requeue.signalled:
                 return
             time.sleep(0.1)
+
+
+class SignalDuringSetup(__import__("lightning_faces.data", fromlist=["CelebADataModule"]).CelebADataModule):
+    """CelebA data whose setup sends this process SIGTERM, as a scheduler may while a run starts."""
+
+    def setup(self, stage: str) -> None:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler acts at once: this never ends
+        super().setup(stage)
+
+
+class HoldAt(L.Callback):
+    """Holds every rank at iteration ``step`` until the file ``release`` exists (at most 120 s);
+    global rank 0 writes ``marker`` when it starts waiting, so a test knows the run is mid-way."""
+
+    def __init__(self, step: int, marker: str, release: str) -> None:
+        self.step, self.marker, self.release = step, Path(marker), Path(release)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: object) -> None:
+        if trainer.global_step != self.step:
+            return
+        if trainer.is_global_zero:
+            self.marker.write_text(str(self.step))
+        for _ in range(1200):
+            if self.release.exists():
+                return
+            time.sleep(0.1)
