@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from lightning_faces.data.datamodule import FaceDataModule, Split
 from lightning_faces.console import say
+from lightning_faces.data.datamodule import FaceDataModule, Split
 from lightning_faces.data.images import IMAGE_SUFFIXES, check_crop, describe_modes, image_modes, load_face
 from lightning_faces.errors import FacesError
 
