@@ -341,9 +341,10 @@ def main(args: list[str] | None = None) -> None:
         remove_unstarted_run_folders()
         say(f"stopped: {stop}")
         raise SystemExit(stop.exit_status) from None
-    except KeyboardInterrupt:  # Ctrl-C before the trainer (and its handler) existed
+    except KeyboardInterrupt:  # a tool (serve, fid, ...), or training before its handler existed
         remove_unstarted_run_folders()
-        say("stopped: Ctrl-C before training started: nothing to save")
+        training = bool(argv) and argv[0] not in (*TOOLS, "prepare")
+        say(f"stopped: Ctrl-C{' before training started: nothing to save' if training else ''}")
         raise SystemExit(130) from None
     except Exception as error:
         remove_unstarted_run_folders()  # a start that failed leaves no run folder behind

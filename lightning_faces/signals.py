@@ -133,9 +133,7 @@ class GracefulStop(StopOnSignal):
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         super().on_train_start(trainer, module)
-        if self.received is not None:  # came during setup, between Lightning's handler and ours
-            raise StoppedAtOnce(self.received, f"{self.received.name} before training started: nothing to save")
-        self.training_started = True
+        self.training_started = True  # from here a signal finishes the iteration and saves it
 
     def install(self) -> None:
         """Takes SIGTERM and Ctrl-C from here on (a signal before training stops the run at once)."""

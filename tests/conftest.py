@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lightning_faces.data import CELEBA_ATTRIBUTES
@@ -51,6 +52,17 @@ def write_celeba(root: Path, splits: tuple[int, int, int] = (16, 4, 4), size: tu
         f"{len(names)}\n" + " ".join(CELEBA_ATTRIBUTES) + "\n" + "\n".join(attribute_lines) + "\n"
     )
     return root
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, the test processes share the cores: each (and each run it starts)
+    takes its share of threads, as OpenMP's busy-waiting threads slow everything down when more
+    of them than cores are busy."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        os.environ["OMP_NUM_THREADS"] = threads
+        torch.set_num_threads(int(threads))
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -101,6 +113,21 @@ def celeba_args(data_dir: Path, run_dir: Path, batch_size: int = 4, config: str 
         "--fid.every_n_steps": 0,
     }
     return ["--config", str(REPO / "configs" / config), *flags(overrides), *TINY_MODEL]
+
+
+def one_line_error(capsys: pytest.CaptureFixture, args: list[str]) -> str:
+    """Runs the CLI in this process, expects exit status 2 and exactly one ``error:`` line at the
+    start of a line (split on newlines only: a progress bar's carriage return must not hide it)
+    and no traceback; returns that line."""
+    from lightning_faces.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    lines = [line for line in err.split("\n") if line.startswith("error: ")]
+    assert exit_info.value.code == 2 and len(lines) == 1, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    return lines[0]
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:

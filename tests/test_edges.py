@@ -16,19 +16,7 @@ import torch
 from lightning_faces.checkpoint import load_checkpoint
 from lightning_faces.cli import main
 from lightning_faces.errors import FacesError
-from tests.conftest import PLAY_TINY, REPO, face_like_image, run_cli
-
-
-def one_line_error(capsys, args: list[str]) -> str:
-    """Runs the CLI, expects exit status 2 and exactly one ``error:`` line at the start of a line
-    (split on newlines only: a progress bar's carriage return must not hide it); returns it."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    err = capsys.readouterr().err
-    lines = [line for line in err.split("\n") if line.startswith("error: ")]
-    assert exit_info.value.code == 2 and len(lines) == 1, err[-3000:]
-    assert "Traceback" not in err, err[-3000:]
-    return lines[0]
+from tests.conftest import PLAY_TINY, REPO, face_like_image, one_line_error, run_cli
 
 
 def png_bytes() -> bytes:
@@ -384,3 +372,32 @@ def test_after_a_failed_start_the_next_run_takes_the_first_version(tmp_path, cap
     main(["fit", *celeba_args(fake_celeba, runs), "--trainer.max_steps", "1"])
     assert [p.name for p in (runs / "dcgan").iterdir()] == ["version_0"]
     assert (runs / "dcgan" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_second_ctrl_c_stops_at_once_with_exit_status_130_and_one_line(tmp_path, fake_celeba):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import celeba_args
+
+    runs, marker = tmp_path / "runs", tmp_path / "holding"
+    hold = ["--trainer.callbacks+=tests.probes.HoldAt", "--trainer.callbacks.step=3"]
+    hold += [f"--trainer.callbacks.marker={marker}", f"--trainer.callbacks.release={tmp_path / 'never'}"]
+    args = ["fit", *celeba_args(fake_celeba, runs), "--trainer.max_steps", "100", *hold]
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lightning_faces", *args], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+    )
+    for _ in range(600):  # held inside iteration 3's end: the first Ctrl-C cannot finish it
+        if marker.exists() or process.poll() is not None:
+            break
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.5)  # the first is handled (a flag) before the second comes
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-3000:]
+    assert "stopped: a second Ctrl-C: stopped at once" in err.strip().splitlines()[-1]
+    assert "Traceback" not in err and "Detected KeyboardInterrupt" not in err
