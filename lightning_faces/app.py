@@ -19,6 +19,7 @@ weights are loaded without unpickling. Offline: no fonts, scripts or analytics a
 # no `from __future__ import annotations`: Gradio reads the event handlers' annotations
 # (gr.SelectData) at run time, and a string annotation hides the event from it
 import argparse
+import errno
 import json
 import os
 import random
@@ -338,9 +339,13 @@ def check_port_free(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise FacesError(
+                    f"port {port} on {host} is in use (another serve, or another program): "
+                    f"choose another with --port, e.g. --port {port + 1}"
+                ) from error
             raise FacesError(
-                f"port {port} on {host} is in use (another serve, or another program: {error.strerror}): "
-                f"choose another with --port, e.g. --port {port + 1}"
+                f"cannot listen on {host} port {port} ({error.strerror}): check --host and --port"
             ) from error
 
 

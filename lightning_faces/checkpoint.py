@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import errno
 import importlib
 import pickle
@@ -73,8 +74,13 @@ def load_checkpoint(
         raise FacesError(f"{role} {path} does not exist (or is not a file){': ' + advice if advice else ''}")
     if path.stat().st_size == 0:
         raise FacesError(f"{role} {path} is empty (0 bytes): {advice or 'use an earlier checkpoint of the run'}")
-    with path.open("rb") as file:
-        head = file.read(64)
+    try:
+        with path.open("rb") as file:
+            head = file.read(64)
+    except OSError as error:
+        raise FacesError(
+            f"{role} {path} cannot be read ({error.strerror}): {advice or 'check its permissions'}"
+        ) from error
     kind = file_kind(head, path)
     if kind is not None:
         raise FacesError(
@@ -82,7 +88,7 @@ def load_checkpoint(
             + (advice or "pass a .ckpt file that a lightning_faces run wrote (runs/<name>/version_N/checkpoints/)")
         )
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        loaded = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         code = _pickled_code(str(error)) or (_pickle_globals(path) if head.startswith(b"\x80") else None)
         if code is not None:
@@ -93,6 +99,12 @@ def load_checkpoint(
         raise _damaged(path, error, role, advice) from error
     except Exception as error:  # noqa: BLE001 - torch's readers fail in many ways on a damaged file
         raise _damaged(path, error, role, advice) from error
+    if not isinstance(loaded, dict):  # torch.save of a bare tensor or list: not a checkpoint
+        raise FacesError(
+            f"{role} {path} holds a {type(loaded).__name__}, not a checkpoint's dictionary: "
+            + (advice or "pass a .ckpt file that a lightning_faces run wrote (runs/<name>/version_N/checkpoints/)")
+        )
+    return loaded
 
 
 def _damaged(path: Path, error: BaseException, role: str, advice: str | None) -> FacesError:
@@ -106,14 +118,16 @@ def _damaged(path: Path, error: BaseException, role: str, advice: str | None) ->
 
 
 def _pickled_code(message: str) -> str | None:
-    """The callable a refused pickle asked for, unless it is a name cut short by a truncated file
-    (damage, not code). Looked up among loaded modules only: nothing is imported for it."""
+    """The class or function a refused pickle names, unless it is a name cut short by a truncated
+    file: the start of a name its (loaded) module has, such as ``torch._utils._rebuild_tens``.
+    A class from the saving script (``__main__.Net``) is code. Nothing is imported to decide."""
     found = re.search(r"GLOBAL ([\w.]+)", message)
     if found is None:
         return None
     module_name, _, name = found.group(1).rpartition(".")
     module = sys.modules.get(module_name)
-    return None if module is not None and not hasattr(module, name) else found.group(1)
+    cut_short = module is not None and not hasattr(module, name) and any(n.startswith(name) for n in dir(module))
+    return None if cut_short else found.group(1)
 
 
 def _pickle_globals(path: Path) -> str | None:
@@ -154,8 +168,8 @@ def file_kind(head: bytes, path: Path) -> str | None:
         return "a WebP image"
     if len(head) > 10 and head[8:10] == b'{"':
         return "a safetensors file (an export's weights: give the export's folder instead)"
-    try:
-        text = head.decode("utf-8")
+    try:  # incremental: the 64 bytes may end inside a character
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
     except UnicodeDecodeError:
         text = None
     if text is not None and "\x00" not in text:

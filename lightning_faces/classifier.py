@@ -125,7 +125,7 @@ class AttributeClassifier(L.LightningModule):
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: Any = "cpu") -> AttributeClassifier:
         """The classifier of a checkpoint, read without unpickling code (plain settings, tensors)."""
-        from lightning_faces.checkpoint import load_checkpoint
+        from lightning_faces.checkpoint import is_classifier, load_checkpoint
 
         checkpoint = load_checkpoint(path, map_location=map_location)
         settings = checkpoint.get("hyper_parameters") or {}
@@ -134,7 +134,7 @@ class AttributeClassifier(L.LightningModule):
                 f"checkpoint {path} is a GAN's, not an attribute classifier's: a GAN goes first (`serve GAN.ckpt`), "
                 f"a classifier after --classifier (train one with {CONFIG_HINT})"
             )
-        if "attributes" not in settings:
+        if not is_classifier(settings):
             raise FacesError(f"checkpoint {path} is not an attribute classifier's (train one with {CONFIG_HINT})")
         known = ("attributes", "image_size", "width", "lr", "weight_decay")
         model = cls(**{key: settings[key] for key in known if key in settings})

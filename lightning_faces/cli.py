@@ -38,7 +38,7 @@ from lightning_faces.files import remove_stale_temporaries
 from lightning_faces.loggers import RunStarted, new_process_run, prepare_wandb, remove_unstarted_run_folders
 from lightning_faces.metrics import FID
 from lightning_faces.module import GAN
-from lightning_faces.signals import GracefulStop, StoppedAtOnce
+from lightning_faces.signals import GracefulStop, StoppedAtOnce, restore_signal_handlers
 from lightning_faces.slurm import Requeue, in_slurm_job, job_id, resume_checkpoint
 
 
@@ -341,10 +341,10 @@ def main(args: list[str] | None = None) -> None:
         remove_unstarted_run_folders()
         say(f"stopped: {stop}")
         raise SystemExit(stop.exit_status) from None
-    except KeyboardInterrupt:  # a tool (serve, fid, ...), or training before its handler existed
+    except KeyboardInterrupt:  # a tool (serve, fid, ...), or a run before GracefulStop's handler
         remove_unstarted_run_folders()
-        training = bool(argv) and argv[0] not in (*TOOLS, "prepare")
-        say(f"stopped: Ctrl-C{' before training started: nothing to save' if training else ''}")
+        run = bool(argv) and argv[0] in ("fit", "validate", "test", "predict")
+        say(f"stopped: Ctrl-C{f' before {argv[0]} started' if run else ''}")
         raise SystemExit(130) from None
     except Exception as error:
         remove_unstarted_run_folders()  # a start that failed leaves no run folder behind
@@ -355,6 +355,8 @@ def main(args: list[str] | None = None) -> None:
             raise
         print(f"error: {_one_line(cause)}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        restore_signal_handlers()  # after a failure Lightning's teardown may put GracefulStop's back
     stop = next((c for c in getattr(cli.trainer, "callbacks", []) if isinstance(c, GracefulStop)), None)
     if stop is not None and stop.exit_status is not None:
         if stop.saved_to is not None:
@@ -366,7 +368,7 @@ def main(args: list[str] | None = None) -> None:
 def check_not_only_overlays(argv: list[str]) -> None:
     """Refuses, in one line, configs that are all overlays (a YAML whose first line starts
     ``# Overlay``): each changes a complete config and means nothing alone."""
-    configs = [Path(value) for value in _option_values(argv, "--config")]
+    configs = [Path(value) for value in _option_values(argv, ("--config", "-c"))]
     overlays = [config for config in configs if _is_overlay(config)]
     if not configs or len(overlays) < len(configs):
         return
@@ -379,12 +381,13 @@ def check_not_only_overlays(argv: list[str]) -> None:
     )
 
 
-def _option_values(argv: list[str], option: str) -> list[str]:
+def _option_values(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """The values given to an option of ``names`` (``--config X``, ``--config=X``, ``-c X``)."""
     values = []
     for index, item in enumerate(argv):
-        if item == option and index + 1 < len(argv):
+        if item in names and index + 1 < len(argv):
             values.append(argv[index + 1])
-        elif item.startswith(option + "="):
+        elif item.startswith(tuple(f"{name}=" for name in names)):
             values.append(item.split("=", 1)[1])
     return values
 

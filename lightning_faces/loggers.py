@@ -69,8 +69,9 @@ class RunStarted(Callback):
 
     started = False
 
-    def _started(self, *args: Any) -> None:
-        RunStarted.started = True
+    def _started(self, trainer: Any, *args: Any) -> None:
+        if not trainer.sanity_checking:  # the validation batches before training start nothing
+            RunStarted.started = True
 
     on_train_batch_end = on_validation_batch_end = on_test_batch_end = on_predict_batch_end = _started
 

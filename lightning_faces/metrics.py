@@ -97,7 +97,7 @@ def check_inception_weights(path: str | None, option: str = f"--{WEIGHTS_KEY}") 
     weights = load_checkpoint(file, role=f"{option}", advice=advice)
     found = {key: tuple(value.shape) for key, value in weights.items() if isinstance(value, torch.Tensor)}
     if any(found.get(key) != shape for key, shape in INCEPTION_SHAPES.items()):
-        what = "a GAN checkpoint" if "state_dict" in weights and "hyper_parameters" in weights else "another file"
+        what = "a training checkpoint" if "state_dict" in weights and "hyper_parameters" in weights else "another file"
         raise FacesError(
             f"{option} {file} is not Inception weights (it is {what}: torch-fidelity's FeatureExtractorInceptionV3 "
             f"state dict, with {', '.join(INCEPTION_SHAPES)}, was expected): {advice}"

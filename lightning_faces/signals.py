@@ -37,6 +37,16 @@ class StoppedAtOnce(BaseException):
         return 128 + int(self.signum)
 
 
+_installed: list[StopOnSignal] = []  # handlers in place in this process, newest last
+
+
+def restore_signal_handlers() -> None:
+    """Puts back the handlers that every StopOnSignal in this process replaced (the CLI calls it
+    when a run ends: after a failure, Lightning's teardown re-installs the handler it found)."""
+    while _installed:
+        _installed.pop()._restore()
+
+
 class StopOnSignal(L.Callback):
     """Saves ``checkpoint_path(trainer)`` and stops training at the end of the iteration a signal
     arrived in.
@@ -70,6 +80,8 @@ class StopOnSignal(L.Callback):
             if signal.getsignal(signum) != self._on_signal:
                 previous = signal.signal(signum, self._on_signal)
                 self._previous.setdefault(signum, previous)
+        if self not in _installed:
+            _installed.append(self)
 
     def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
@@ -108,13 +120,12 @@ class StopOnSignal(L.Callback):
         if stage == "fit":
             self._restore()
 
-    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
-        self._restore()  # fit ends here without teardown hooks
-
     def _restore(self) -> None:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
         self._previous = {}
+        if self in _installed:
+            _installed.remove(self)
 
 
 class GracefulStop(StopOnSignal):

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -21,6 +22,9 @@ from lightning_faces.metrics import (
     make_fid,
     real_sample,
 )
+
+if TYPE_CHECKING:
+    from lightning_faces.module import GAN
 
 
 class OneLineErrors(argparse.ArgumentParser):
@@ -138,14 +142,16 @@ def compute_fid(args: argparse.Namespace) -> float:
     return float(fid.compute())
 
 
-def _checkpoint_gan(source: str, device: torch.device):
+def _checkpoint_gan(source: str, device: torch.device) -> GAN | None:
     """The GAN of ``source`` when it is a file (refused in one line unless a GAN checkpoint), else None."""
     if not Path(source).is_file():
         return None
     return load_gan(source, device)
 
 
-def _source(source: str, model, image_size: int, args: argparse.Namespace):
+def _source(
+    source: str, model: GAN | None, image_size: int, args: argparse.Namespace
+) -> tuple[str, Callable[[], Iterator[torch.Tensor]], int]:
     """``(source, batches, count)``: a function yielding uint8 (B, 3, S, S) batches of a
     checkpoint's samples or a folder's images, and how many it yields, checked before use."""
     if model is not None:
@@ -168,14 +174,14 @@ def _source(source: str, model, image_size: int, args: argparse.Namespace):
             "source (thousands for a number worth comparing)"
         )
 
-    def batches():
+    def batches() -> Iterator[torch.Tensor]:
         for images, _ in DataLoader(dataset, batch_size=args.batch_size, num_workers=2):
             yield images
 
     return source, batches, len(dataset)
 
 
-def _samples(model, args: argparse.Namespace):
+def _samples(model: GAN, args: argparse.Namespace) -> Iterator[torch.Tensor]:
     seeded = torch.Generator(device=model.device).manual_seed(0)
     for start in range(0, args.num_samples, args.batch_size):
         count = min(args.batch_size, args.num_samples - start)
@@ -183,7 +189,7 @@ def _samples(model, args: argparse.Namespace):
         yield to_uint8(model.generate(latents, attributes, ema=args.generator == "ema"))
 
 
-def load_gan(path: str, device: torch.device):
+def load_gan(path: str, device: torch.device) -> GAN:
     """The GAN of a checkpoint, read with the safe loader (one line for a damaged or unsafe file)."""
     from lightning_faces.module import GAN
 

@@ -115,6 +115,15 @@ def celeba_args(data_dir: Path, run_dir: Path, batch_size: int = 4, config: str 
     return ["--config", str(REPO / "configs" / config), *flags(overrides), *TINY_MODEL]
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def one_line_error(capsys: pytest.CaptureFixture, args: list[str]) -> str:
     """Runs the CLI in this process, expects exit status 2 and exactly one ``error:`` line at the
     start of a line (split on newlines only: a progress bar's carriage return must not hide it)

@@ -17,6 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.conftest import free_port
+
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "scancel", "sinfo")
 
 
@@ -31,12 +33,6 @@ def missing_requirements() -> str | None:
     if os.geteuid() != 0:
         return "slurmd has to run as root to start jobs, and these tests do not run as root"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class SlurmCluster:

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import PLAY_ATTRIBUTES as ATTRIBUTES
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, free_port, run_cli
 
 SCREENSHOTS = os.environ.get("LIGHTNING_FACES_SCREENSHOTS")  # a folder to keep the screenshots in
 
@@ -39,12 +39,6 @@ def missing_requirements() -> str | None:
 
 def chromium() -> str | None:
     return os.environ.get("LIGHTNING_FACES_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -314,6 +314,10 @@ def test_transparent_pixels_are_laid_over_white_and_a_palette_keeps_its_transpar
     assert load_face(tmp_path / "clear.png", 8, 1.0).unique().tolist() == [255]
     assert load_face(tmp_path / "half.png", 8, 1.0).unique().tolist() == [127]  # black at half over white
     assert load_face(tmp_path / "palette.png", 8, 1.0).unique().tolist() == [255]
+    for mode, colour in (("RGB", (10, 20, 30)), ("L", 40)):  # PNG's transparent colour (tRNS), no alpha channel
+        image = Image.new(mode, (8, 8), colour)
+        image.save(tmp_path / f"trns-{mode}.png", transparency=colour)
+        assert load_face(tmp_path / f"trns-{mode}.png", 8, 1.0).unique().tolist() == [255]
 
 
 def test_a_folder_says_in_one_line_how_many_images_of_each_unusual_mode_it_holds(tmp_path, capsys):

@@ -8,6 +8,8 @@ import io
 import os
 import random
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ import torch
 from lightning_faces.checkpoint import load_checkpoint
 from lightning_faces.cli import main
 from lightning_faces.errors import FacesError
-from tests.conftest import PLAY_TINY, REPO, face_like_image, one_line_error, run_cli
+from tests.conftest import PLAY_TINY, REPO, face_like_image, free_port, one_line_error, run_cli
 
 
 def png_bytes() -> bytes:
@@ -73,6 +75,22 @@ def test_damage_and_code_are_told_apart(tmp_path, checkpoints):
     with pytest.raises(FacesError, match=r"holds pickled Python objects \(posix.system\)"):
         load_checkpoint(evil)
     assert not (tmp_path / "CODE_RAN").exists()
+    # a class of the script that saved it (pickled as __main__.Net): code, not damage
+    script = "import torch\nclass Net:\n    pass\ntorch.save({'net': Net()}, 'script.ckpt')\n"
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True)
+    with pytest.raises(FacesError, match=r"holds pickled Python objects \(__main__.Net\)"):
+        load_checkpoint(tmp_path / "script.ckpt")
+    bare = tmp_path / "tensor.pt"
+    torch.save(torch.ones(3), bare)  # loadable, but not a checkpoint
+    with pytest.raises(FacesError, match="holds a Tensor, not a checkpoint's dictionary"):
+        load_checkpoint(bare)
+
+
+def test_text_cut_inside_a_character_at_the_first_bytes_is_still_text(tmp_path):
+    path = tmp_path / "notes.ckpt"
+    path.write_text("x" * 63 + "é and more", encoding="utf-8")  # the 64th byte is half of é
+    with pytest.raises(FacesError, match="is a text file, not a PyTorch checkpoint"):
+        load_checkpoint(path)
 
 
 class RunsCode:
@@ -140,8 +158,8 @@ def test_every_command_that_reads_a_gan_checkpoint_names_a_wrong_file_in_one_lin
     for command, args in commands_given(path, checkpoints, tmp_path).items():
         line = one_line_error(capsys, args)
         assert str(path) in line and expected in line, (command, line)
-    if kind == "classifier":
-        assert "serve GENERATOR --classifier" in line  # says where a classifier fits
+        if kind == "classifier":
+            assert "serve GENERATOR --classifier" in line, (command, line)  # says where a classifier fits
     assert not [p for p in tmp_path.iterdir() if p.name not in ("faces", "hello.ckpt")]  # nothing written
 
 
@@ -155,12 +173,6 @@ def test_serve_classifier_option_names_a_wrong_file_in_one_line(tmp_path, capsys
     ):
         line = one_line_error(capsys, ["serve", plain, "--classifier", str(given), "--port", str(free_port())])
         assert str(given) in line and expected in line
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_output_paths_that_cannot_be_written_are_refused_before_any_work(tmp_path, capsys, checkpoints):
@@ -204,13 +216,15 @@ def test_serve_on_a_port_in_use_names_the_port_and_the_option(tmp_path, capsys, 
         port = taken.getsockname()[1]
         line = one_line_error(capsys, ["serve", str(checkpoints["plain"]), "--port", str(port)])
     assert f"port {port} on 127.0.0.1 is in use" in line and "--port" in line
+    line = one_line_error(capsys, ["serve", str(checkpoints["plain"]), "--host", "203.0.113.7"])  # TEST-NET-3
+    assert "cannot listen on 203.0.113.7 port 7860" in line and "in use" not in line
 
 
 def test_inception_weights_that_are_another_file_are_one_line(tmp_path, capsys, checkpoints):
     face_folder(tmp_path / "faces")
     gan = str(checkpoints["plain"])
     line = one_line_error(capsys, ["fid", str(tmp_path / "faces"), str(tmp_path / "faces"), "--weights", gan])
-    assert f"--weights {gan} is not Inception weights (it is a GAN checkpoint" in line
+    assert f"--weights {gan} is not Inception weights (it is a training checkpoint" in line
     text = tmp_path / "weights.pth"
     text.write_text("hello world\n")
     line = one_line_error(capsys, ["fid", str(tmp_path / "faces"), str(tmp_path / "faces"), "--weights", str(text)])
@@ -258,16 +272,23 @@ def test_an_overlay_run_alone_says_which_config_goes_before_it(tmp_path, capsys,
     assert f"{relative} is an overlay" in line and f"--config {relative}" in line
     before = line.split("e.g. ")[1].split(" --config ")[1:-1] or [line.split("e.g. --config ")[1].split()[0]]
     assert before and all((REPO / name).is_file() for name in before), line
+    suggested = line.split("e.g. ")[1].split()
+    with pytest.raises(SystemExit) as exit_info:  # the configs it suggests parse together
+        main(["fit", *suggested, "--data.data_dir", str(tmp_path), "--print_config"])
+    assert exit_info.value.code == 0
+    capsys.readouterr()
     if overlay.name == "conditional.yaml":
         assert "--config configs/dcgan.yaml --config configs/ema.yaml --config configs/conditional.yaml" in line
 
 
 def test_an_overlay_after_a_complete_config_is_not_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
-    args = ["fit", "--config", "configs/dcgan.yaml", "--config", "configs/ema.yaml", "--print_config"]
-    with pytest.raises(SystemExit) as exit_info:
-        main([*args, "--data.data_dir", str(tmp_path)])
-    assert exit_info.value.code == 0 and "ema_decay: 0.999" in capsys.readouterr().out
+    for first in ("--config", "-c"):
+        args = ["fit", first, "configs/dcgan.yaml", "--config", "configs/ema.yaml", "--print_config"]
+        with pytest.raises(SystemExit) as exit_info:
+            main([*args, "--data.data_dir", str(tmp_path)])
+        assert exit_info.value.code == 0 and "ema_decay: 0.999" in capsys.readouterr().out
+    assert "configs/ema.yaml is an overlay" in one_line_error(capsys, ["fit", "-c", "configs/ema.yaml"])
 
 
 def test_fid_checks_both_sources_before_any_inception_pass(tmp_path, capsys, monkeypatch, no_inception):
@@ -399,5 +420,6 @@ def test_a_second_ctrl_c_stops_at_once_with_exit_status_130_and_one_line(tmp_pat
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err[-3000:]
-    assert "stopped: a second Ctrl-C: stopped at once" in err.strip().splitlines()[-1]
+    assert "stopped: a second Ctrl-C: stopped at once (this iteration not saved)" in err.strip().splitlines()[-1]
     assert "Traceback" not in err and "Detected KeyboardInterrupt" not in err
+    assert list(runs.rglob("*.ckpt")) == []  # at once: nothing saved

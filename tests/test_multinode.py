@@ -19,17 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, celeba_args, flags
+from tests.conftest import REPO, celeba_args, flags, free_port
 
 pytestmark = pytest.mark.timeout(600)  # a collective that never matches hangs: fail instead
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def launch(node: int, root: Path, data: Path, port: int, prepared: Path, extra: list[str]) -> subprocess.Popen:

@@ -55,12 +55,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
     out all white and a float image in [0, 1] all black. Here deeper images are scaled down:
     16-bit modes by 257 (65535 -> 255); 32-bit integers (``I``) and floats (``F``) by the range
     their values occupy ([0, 1] for floats, else 8-bit, 16-bit or 32-bit, whichever holds the
-    largest value). Transparent pixels are laid over white; every other mode (palette, CMYK,
-    YCbCr, Lab, 1-bit) goes through PIL's own conversion.
+    largest value; a dark 16-bit image whose values all stay below 256 is read as 8-bit, and
+    negative floats as 0). Transparent pixels (an alpha channel, or PNG's transparent colour) are
+    laid over white; every other mode (palette, CMYK, YCbCr, Lab, 1-bit) goes through PIL's own
+    conversion.
     """
     mode = image.mode
-    if mode == "RGB":
-        return image
     if mode.startswith("I;16") or mode in ("I", "F"):
         values = np.asarray(image, dtype=np.float64)
         values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0).clip(min=0)
@@ -74,11 +74,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
             full = top if full == np.inf else full  # floats beyond 32-bit integers: their own range
         grey = np.rint(values * (255.0 / full)).clip(0, 255).astype(np.uint8)
         return Image.fromarray(grey, mode="L").convert("RGB")
-    if mode in ("RGBA", "RGBa", "LA", "PA") or (mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
+    if mode in ("RGBA", "RGBa", "LA", "PA") or "transparency" in image.info:  # an alpha channel, or a
+        rgba = image.convert("RGBA")  # transparent colour (PNG's tRNS, in P, L and RGB images)
         background = Image.new("RGBA", rgba.size, (*WHITE, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    return image if mode == "RGB" else image.convert("RGB")
 
 
 def image_modes(paths: Iterable[Path]) -> Counter[str]:

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from lightning_faces.errors import FacesError
 from lightning_faces.files import owner_tag, remove_stale_temporaries
 
-FORMAT = 1  # bump when the layout of a prepared folder changes
+FORMAT = 2  # bump when a prepared folder's layout or pixels change (2: every image mode scaled to 8 bits)
 
 
 def default_prepared_dir() -> Path:
