@@ -247,3 +247,41 @@ def generator_image_size(settings: dict[str, Any]) -> int | None:
     if isinstance(generator, dict):
         return (generator.get("init_args") or {}).get("image_size")
     return None
+
+
+def describe_settings(hparams: dict[str, Any], generator: Any, discriminator: Any) -> None:
+    """Makes ``GAN(...)``'s saved settings what a checkpoint can hold and ``GAN.from_checkpoint`` rebuild.
+
+    Built by the CLI, ``hparams`` holds each network's and objective's config (class_path and
+    init_args). Built in Python, it holds the objects themselves, which a safe checkpoint
+    cannot carry: each becomes its class path (a ``Growth`` its settings too). The settings
+    the CLI links from the data into the networks are filled in from the networks, so a
+    checkpoint says what its networks were built for.
+    """
+    from torch import nn
+
+    from lightning_faces.growth import Growth
+
+    def describe(value: Any) -> Any:
+        if isinstance(value, Growth):  # plain settings: a checkpoint can hold and rebuild them
+            return {"class_path": f"{Growth.__module__}.{Growth.__qualname__}", "init_args": value.settings()}
+        if isinstance(value, nn.Module):  # its settings are the object's own business: only its class is known
+            return {"class_path": f"{type(value).__module__}.{type(value).__qualname__}", "init_args_unknown": True}
+        if isinstance(value, (list, tuple)):
+            return [describe(item) for item in value]
+        return value
+
+    for key, value in list(hparams.items()):
+        hparams[key] = describe(value)
+    for name, net in (("generator", generator), ("discriminator", discriminator)):
+        settings = hparams.get(name)
+        if isinstance(settings, dict) and isinstance(settings.get("init_args"), dict):
+            for key in ("image_size", "attributes"):
+                if hasattr(net, key):
+                    settings["init_args"][key] = getattr(net, key)
+
+
+def built_settings(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The ``GAN(...)`` arguments a checkpoint read with ``load_checkpoint`` records, with its
+    networks, objective and regularizers built (only this package's classes: ``build``)."""
+    return {key: build(value, path) for key, value in gan_settings(checkpoint, path).items()}

@@ -23,6 +23,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning.pytorch.plugins.io import CheckpointIO
 
+from lightning_faces import distributed
 from lightning_faces.callbacks import ProgressBar
 from lightning_faces.checkpoint import (
     SafeCheckpointIO,
@@ -31,11 +32,17 @@ from lightning_faces.checkpoint import (
     load_checkpoint,
     write_failure,
 )
-from lightning_faces.console import quiet_known_noise, say
+from lightning_faces.console import program_name, quiet_known_noise, say
 from lightning_faces.data import FaceDataModule, select_attributes
 from lightning_faces.errors import FacesError
 from lightning_faces.files import remove_stale_temporaries
-from lightning_faces.loggers import RunStarted, new_process_run, prepare_wandb, remove_unstarted_run_folders
+from lightning_faces.loggers import (
+    KeepWandbRun,
+    RunStarted,
+    new_process_run,
+    prepare_wandb,
+    remove_unstarted_run_folders,
+)
 from lightning_faces.metrics import FID
 from lightning_faces.module import GAN
 from lightning_faces.signals import GracefulStop, StoppedAtOnce, restore_signal_handlers
@@ -81,13 +88,17 @@ class FacesCLI(LightningCLI):
         parser.link_arguments("data.init_args.attributes", "model.init_args.attributes", compute_fn=attribute_list)
         parser.add_lightning_class_args(FID, "fid")  # the `fid:` section; added to the callbacks
 
-    def _parse_ckpt_path(self) -> None:
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        self.take_checkpoint_settings()
+
+    def take_checkpoint_settings(self) -> None:
         """Reads ``--ckpt_path`` with the safe loader, then takes the model's settings from it.
 
-        Lightning's own version loads the file with a bare ``torch.load`` (a damaged or unsafe
-        file becomes a traceback) and swaps the checkpoint's model settings in without a word.
-        Here a bad file is one line, an image size that disagrees with the data is refused,
-        and settings the checkpoint overrides are named.
+        Lightning reads the file after this with ``torch.load`` and takes its settings too,
+        but a damaged or foreign file is a traceback there, and settings the checkpoint
+        overrides go in without a word. Here, first, a bad file is one line, an image size or
+        attributes that disagree with the data are refused, and overridden settings are named.
         """
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
@@ -153,15 +164,20 @@ class FacesCLI(LightningCLI):
                 if run_id and not spec["init_args"].get("id"):
                     spec["init_args"]["id"] = run_id  # continue the same W&B run, not a new one
 
+    def setting(self, key: str) -> Any:
+        """A value of the instantiated config (``trainer.plugins``, ``fid``), of this subcommand's."""
+        config = self.config_init
+        return config.get(str(self.subcommand), config).get(key)
+
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        plugins = _as_list(self._get(self.config_init, "trainer.plugins"))
+        plugins = _as_list(self.setting("trainer.plugins"))
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins = [*plugins, SafeCheckpointIO()]
-        callbacks = _as_list(self._get(self.config_init, "trainer.callbacks"))
-        fid = self._get(self.config_init, "fid")
+        callbacks = _as_list(self.setting("trainer.callbacks"))
+        fid = self.setting("fid")
         if fid is not None and fid.active:
             callbacks = [*callbacks, fid.best_checkpoint()]
-        bar_on = self._get(self.config_init, "trainer.enable_progress_bar") is not False
+        bar_on = self.setting("trainer.enable_progress_bar") is not False
         if bar_on and not any(isinstance(c, LightningProgressBar) for c in callbacks):
             callbacks = [*callbacks, ProgressBar()]  # D's loss, D(x), D(G(z)) without per-step syncs
         if self.slurm_folder is not None:
@@ -171,7 +187,7 @@ class FacesCLI(LightningCLI):
                 plugins = [*plugins, SLURMEnvironment(auto_requeue=False)]
         kwargs["plugins"], kwargs["callbacks"] = plugins, callbacks
         trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks.append(RunStarted())
+        trainer.callbacks += [RunStarted(), KeepWandbRun()]
         if self.subcommand == "fit":
             # last of all callbacks (after FID and ModelCheckpoint): they save the finished iteration
             stop = GracefulStop()
@@ -442,14 +458,9 @@ def user_error(error: BaseException | None) -> FacesError | None:
     return None
 
 
-def program_name() -> str:
-    """How the user started us: ``python -m lightning_faces`` or the ``lightning-faces`` script."""
-    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
-    return "python -m lightning_faces" if script in ("", "__main__.py", "-c") else script
-
-
 def make_cli(args: list[str] | None, **options: Any) -> FacesCLI:
     """The training CLI (parses args, and runs the subcommand unless ``run=False``)."""
+    distributed.register()  # strategy: ddp (and auto on several devices) trains G and D apart
     settings = {
         "parser_kwargs": {"prog": program_name()},
         "subclass_mode_data": True,

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 
 def say(message: str) -> None:
@@ -53,3 +54,9 @@ def quiet_known_noise() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessages) for f in logger.filters):
             logger.addFilter(_DropMessages("litlogger"))
+
+
+def program_name() -> str:
+    """How the user started us: ``python -m lightning_faces`` or the ``lightning-faces`` script."""
+    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return "python -m lightning_faces" if script in ("", "__main__.py", "-c") else script

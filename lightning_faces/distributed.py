@@ -22,9 +22,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
+from lightning.pytorch.strategies import DDPStrategy, ParallelStrategy, StrategyRegistry
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+from lightning_faces.errors import FacesError
 
 _HAS_FORWARD_SYNC = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
 
@@ -32,11 +34,18 @@ _HAS_FORWARD_SYNC = "forward_sync_buffers" in inspect.signature(DistributedDataP
 class GANDDPStrategy(DDPStrategy):
     """``DDPStrategy`` that wraps G and D in a DDP each instead of the LightningModule in one.
 
-    Registered as ``gan_ddp`` and in place of Lightning's own ``ddp`` names (``ddp``,
+    The CLI registers it as ``gan_ddp`` and in place of Lightning's own ``ddp`` names (``ddp``,
     ``ddp_spawn``, ``ddp_find_unused_parameters_true``, ...), with the same settings each, so
     ``strategy: ddp``, and ``auto`` on several devices (which Lightning resolves to ``ddp``),
-    give a GAN this strategy. A module that is not a GAN is wrapped as Lightning's DDP would.
+    give a GAN this strategy (``register``). In Python, pass ``strategy=GANDDPStrategy()``. A
+    module that is not a GAN is wrapped as Lightning's DDP would.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        named = inspect.signature(DDPStrategy.__init__).parameters
+        # what is left after DDPStrategy's own arguments goes to every DistributedDataParallel
+        self.ddp_options = {key: value for key, value in kwargs.items() if key not in named}
 
     def configure_ddp(self) -> None:
         module = self.lightning_module
@@ -49,7 +58,7 @@ class GANDDPStrategy(DDPStrategy):
         """One network in its own DDP, without the per-forward buffer broadcast (see above)."""
         # torch >= 2.15 names it forward_sync_buffers (and still syncs once, at wrapping)
         no_forward_sync = "forward_sync_buffers" if _HAS_FORWARD_SYNC else "broadcast_buffers"
-        options = {k: v for k, v in self._ddp_kwargs.items() if k not in ("broadcast_buffers", "forward_sync_buffers")}
+        options = {k: v for k, v in self.ddp_options.items() if k not in ("broadcast_buffers", "forward_sync_buffers")}
         options[no_forward_sync] = False
         if hasattr(net, "grow"):  # growing: blocks above the current level (and a faded-out RGB layer) sit idle
             options["find_unused_parameters"] = True
@@ -67,7 +76,8 @@ def register(registry: Any = StrategyRegistry) -> None:
 
     ``StrategyRegistry.register(..., override=True)`` is Lightning's supported way to give a
     strategy name to another class; each name keeps its settings (start method, unused
-    parameter search). Runs when ``lightning_faces`` is imported, before any Trainer exists.
+    parameter search). The CLI calls it before it builds a Trainer; importing the package does
+    not, so a program that only imports it keeps Lightning's names as they were.
     """
     for name, entry in list(registry.items()):
         if entry["strategy"] is DDPStrategy:
@@ -81,7 +91,18 @@ def register(registry: Any = StrategyRegistry) -> None:
     )
 
 
-register()
+def check_strategy(strategy: Any) -> None:
+    """Refuses, in one line, a strategy that would not train the GAN as ``GANDDPStrategy`` does."""
+    if type(strategy) is DDPStrategy:
+        raise FacesError(
+            "DDPStrategy(...) would wrap G and D as one module: pass strategy='ddp' by name, "
+            "or lightning_faces.distributed.GANDDPStrategy(...) for DDP options"
+        )
+    # DeepSpeed subclasses DDPStrategy but shards and wraps the model its own way
+    if isinstance(strategy, ParallelStrategy) and not isinstance(strategy, GANDDPStrategy):
+        raise FacesError(
+            f"strategy {type(strategy).__name__} is not supported: use ddp (trainer.strategy: ddp or auto)"
+        )
 
 
 def batch_norm_statistics(nets: Iterable[nn.Module]) -> list[torch.Tensor]:
@@ -93,6 +114,13 @@ def batch_norm_statistics(nets: Iterable[nn.Module]) -> list[torch.Tensor]:
             if plain and layer.track_running_stats:
                 tensors += [layer.running_mean, layer.running_var]
     return tensors
+
+
+def world_and_rank() -> tuple[int, int]:
+    """This process's (world size, global rank): (1, 0) outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
 
 
 @torch.no_grad()

@@ -34,9 +34,9 @@ from huggingface_hub import PyTorchModelHubMixin
 from safetensors import SafetensorError
 from torch import nn
 
-from lightning_faces.data.attributes import switch_on
 from lightning_faces.errors import FacesError
 from lightning_faces.growth import enlarge
+from lightning_faces.sampling import seed_genes, with_values
 
 NETWORKS = "lightning_faces.nets."
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "user/name"
@@ -142,27 +142,16 @@ class FaceGenerator(
     # seeds -> genes
     def seed_latent(self, seed: int) -> torch.Tensor:
         """Face ``seed``'s latent, (latent_dim,) on the CPU (the same on every machine)."""
-        return torch.randn(self.latent_dim, generator=torch.Generator().manual_seed(int(seed)))
+        return seed_genes([seed], self.latent_dim, self.attributes, self.attribute_pool)[0][0]
 
     def seed_attributes(self, seed: int) -> torch.Tensor | None:
         """Face ``seed``'s attribute row (A,) in {0, 1}, drawn from the pool; None when unconditional."""
-        if not self.attributes:
-            return None
-        rng = torch.Generator().manual_seed(int(seed))
-        torch.randn(self.latent_dim, generator=rng)  # the latent comes first from the same stream
-        row = int(torch.randint(len(self.attribute_pool), (1,), generator=rng))
-        return self.attribute_pool[row].cpu().clone()
+        attributes = seed_genes([seed], self.latent_dim, self.attributes, self.attribute_pool)[1]
+        return None if attributes is None else attributes[0]
 
     def with_values(self, row: torch.Tensor, values: dict[str, float]) -> torch.Tensor:
-        """``row`` (A,) with ``values`` set; an attribute switched on turns off those exclusive
-        with it (another hair colour, say) unless ``values`` sets them too."""
-        row = row.clone().float()
-        for name, value in values.items():
-            if value >= 0.5:
-                row = switch_on(row[None], self.attributes, name)[0]
-        for name, value in values.items():
-            row[self.attributes.index(name)] = float(value)
-        return row
+        """``row`` (A,) with ``values`` set (see ``with_values``)."""
+        return with_values(row[None], self.attributes, values)[0]
 
     # genes -> images
     @torch.no_grad()
@@ -189,12 +178,7 @@ class FaceGenerator(
         self, seeds: Sequence[int], values: dict[str, float] | None = None, truncation: float = 1.0
     ) -> torch.Tensor:
         """The faces of ``seeds`` as uint8 (B, 3, S, S); ``values`` override attributes (conditional)."""
-        latents = torch.stack([self.seed_latent(seed) for seed in seeds])
-        attributes = None
-        if self.attributes:
-            attributes = torch.stack([self.with_values(self.seed_attributes(s), values or {}) for s in seeds])
-        elif values:
-            raise FacesError("this generator is unconditional: it takes no attribute values")
+        latents, attributes = seed_genes(seeds, self.latent_dim, self.attributes, self.attribute_pool, values)
         return self.render(latents, attributes, truncation)
 
 
@@ -211,12 +195,9 @@ def from_checkpoint(path: str | Path, ema: bool = True) -> FaceGenerator:
     from lightning_faces.module import GAN
 
     checkpoint = load_checkpoint(path)
-    model = GAN.from_loaded(checkpoint, path)
-    network = model.generator
-    use_ema = bool(ema and model.hparams.ema_decay is not None)
-    if use_ema:
-        model.refresh_ema_statistics()  # the EMA's own batch-norm statistics, as sampling uses
-        network = model.generator_ema
+    model = GAN.from_checkpoint(path, checkpoint=checkpoint)
+    network = model.sampler(ema)  # G's average (with its own batch-norm statistics) when there is one
+    use_ema = network is not model.generator
     spec = dict(gan_settings(checkpoint, path)["generator"])
     spec["init_args"] = {**(spec.get("init_args") or {}), "image_size": model.image_size}
     spec["init_args"]["attributes"] = list(model.attribute_names)

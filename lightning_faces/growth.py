@@ -19,6 +19,7 @@ import math
 from typing import NamedTuple
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from lightning_faces.errors import FacesError
@@ -98,6 +99,10 @@ class Growth:
         self.batch_sizes, self.learning_rates = batch_sizes, learning_rates
         self.reset_optimizers = reset_optimizers
 
+    def settings(self) -> dict[str, object]:
+        """The arguments that rebuild this schedule (a checkpoint records them)."""
+        return dict(vars(self))
+
     def check(self, final_resolution: int) -> None:
         """Raises FacesError unless the schedule fits networks that end at ``final_resolution``."""
         listed = [*self.batch_sizes, *self.learning_rates]
@@ -157,3 +162,79 @@ def real_images_at(images: torch.Tensor, resolution: int, alpha: float) -> torch
         below = F.interpolate(F.avg_pool2d(current, 2), scale_factor=2, mode="nearest")
         current = torch.lerp(below, current, alpha)
     return current
+
+
+class Grower:
+    """Applies a ``Growth`` schedule to growing networks in training: each iteration's phase,
+    the optimizer resets and learning rates it asks for, and freezing the old layers.
+
+    ``images_shown`` (real images trained on, over all ranks) is all the state it has; the GAN
+    saves it in checkpoints, and the phase follows from it.
+
+    Args:
+        schedule: the ``Growth`` settings.
+        nets: the networks that grow together (G, D and G's average), each with ``grow``.
+        final_resolution: the data's image size, where growth ends.
+    """
+
+    def __init__(self, schedule: Growth, nets: list[nn.Module], final_resolution: int) -> None:
+        schedule.check(final_resolution)
+        self.schedule, self.nets, self.final_resolution = schedule, nets, final_resolution
+        self.images_shown = 0
+        self.frozen = False  # only the newest layers learn this iteration
+
+    @property
+    def level(self) -> int:
+        return int(self.nets[0].level)  # the networks' buffer: a loaded checkpoint's level
+
+    def set_phase(self, level: int, alpha: float) -> None:
+        for net in self.nets:
+            net.grow(level, alpha)
+
+    def start(self, batch_size: int | None) -> None:
+        """At the start of fit: checks the schedule's batch sizes against the loader's, and puts
+        the networks at the phase of the images shown so far (the first grid shows it)."""
+        larger = {r: b for r, b in self.schedule.batch_sizes.items() if batch_size is not None and b > batch_size}
+        if larger:
+            raise FacesError(
+                f"growth.batch_sizes {larger} exceed data.batch_size {batch_size}, the most a batch can hold: "
+                f"set data.batch_size to {max(larger.values())}"
+            )
+        phase = self.schedule.phase(self.images_shown, self.final_resolution)
+        self.set_phase(phase.level, phase.alpha)
+
+    def step(
+        self, real: torch.Tensor, attributes: torch.Tensor, optimizers: list[torch.optim.Optimizer], world_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """This iteration's phase, from the images shown so far: sets it, and returns the batch
+        at its resolution (the first ``batch_sizes[resolution]`` images) with what to log."""
+        schedule = self.schedule
+        phase = schedule.phase(self.images_shown, self.final_resolution)
+        if phase.level != self.level and schedule.reset_optimizers and self.images_shown > 0:
+            for optimizer in optimizers:
+                optimizer.state.clear()  # Adam's moments and step counts start again
+        self.set_phase(phase.level, phase.alpha)
+        if schedule.learning_rates:
+            for optimizer in optimizers:
+                for group in optimizer.param_groups:
+                    own = group.setdefault("growth_base_lr", group["lr"])  # the optimizer's own, kept
+                    group["lr"] = schedule.learning_rates.get(phase.resolution, own)
+        self.frozen = schedule.frozen(phase)
+        count = min(schedule.batch_size(phase.resolution, real.shape[0]), real.shape[0])
+        self.images_shown += count * world_size  # every rank's batch counts
+        logs = {"growth/resolution": float(phase.resolution), "growth/alpha": phase.alpha}
+        logs["growth/kimg"] = self.images_shown / 1000
+        return real_images_at(real[:count], phase.resolution, phase.alpha), attributes[:count], logs
+
+    def as_trained(self, real: torch.Tensor) -> torch.Tensor:
+        """Real images at the resolution and fade-in the networks are at now (evaluation)."""
+        net = self.nets[0]
+        return real_images_at(real, net.resolution, float(net.alpha))
+
+    def hold_old_layers(self, net: nn.Module) -> None:
+        """While the schedule freezes the old layers, drops their gradients: the optimizer skips them."""
+        if self.frozen:
+            newest = {id(p) for p in net.newest_parameters()}
+            for parameter in net.parameters():
+                if id(parameter) not in newest:
+                    parameter.grad = None

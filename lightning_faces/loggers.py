@@ -166,3 +166,13 @@ def prepare_wandb() -> None:
         "upload it later with `wandb sync <save_dir>/wandb/offline-run-*`",
         file=sys.stderr,
     )
+
+
+class KeepWandbRun(Callback):
+    """Writes the W&B run's id into every checkpoint: a run resumed from it continues the same
+    W&B run (the CLI reads it back) instead of starting a new one."""
+
+    def on_save_checkpoint(self, trainer: Any, module: Any, checkpoint: dict[str, Any]) -> None:
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                checkpoint["wandb_run_id"] = logger.version

@@ -1,7 +1,9 @@
 """What D and G minimize: small classes over pure loss functions, chosen in YAML by ``class_path``.
 
-Logits are D's raw outputs (B,). Each objective gives D's loss on a real and a fake batch and G's
-loss on a fake batch; the step adds the regularizers' penalties to these. An objective is an
+Logits are D's raw outputs (B,). Each objective gives both players' losses from D's scores on a
+real and a fake batch, so a relativistic loss (G's compares its fakes with real images) is a
+small class like the others; the step adds the regularizers' penalties to these. In G's update
+the real scores are those of D's update in the same iteration, detached. An objective is an
 ``nn.Module`` without parameters so that ``train()``/``eval()`` reach it: label smoothing applies
 in training only.
 """
@@ -113,7 +115,7 @@ class Objective(nn.Module):
     def discriminator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def generator_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
+    def generator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def probability(self, logits: torch.Tensor) -> torch.Tensor:
@@ -138,7 +140,7 @@ class NonSaturating(Objective):
         targets = smoothed_targets(real_logits.shape[0], smoothing, self.smooth_fake_labels, real_logits.device)
         return binary_cross_entropy_loss(real_logits, fake_logits, *targets)
 
-    def generator_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
+    def generator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
         return non_saturating_loss(fake_logits)
 
 
@@ -148,7 +150,7 @@ class Hinge(Objective):
     def discriminator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
         return hinge_discriminator_loss(real_logits, fake_logits)
 
-    def generator_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
+    def generator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
         return hinge_generator_loss(fake_logits)
 
 
@@ -174,7 +176,7 @@ class Wasserstein(Objective):
             loss = loss + self.drift * real_logits.square().mean()  # + eps E D(x)^2
         return loss
 
-    def generator_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
+    def generator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
         return hinge_generator_loss(fake_logits)  # -E D(G(z)), the same as hinge's G loss
 
 
@@ -186,7 +188,7 @@ class LeastSquares(Objective):
     def discriminator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
         return least_squares_discriminator_loss(real_logits, fake_logits)
 
-    def generator_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
+    def generator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
         return least_squares_generator_loss(fake_logits)
 
     def probability(self, logits: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from lightning_faces.console import program_name
 from lightning_faces.data import CelebA, ImageFolder, to_uint8
 from lightning_faces.errors import FacesError
 from lightning_faces.metrics import (
@@ -48,8 +49,6 @@ def at_least(minimum: int):
 
 
 def run_tool(argv: list[str]) -> None:
-    from lightning_faces.cli import program_name
-
     parser = OneLineErrors(prog=program_name())
     commands = parser.add_subparsers(dest="command", required=True)
     fid = commands.add_parser(

@@ -117,7 +117,7 @@ def test_batches_become_floats_in_minus_one_one_and_flip_only_in_training(fake_c
 
     class FakeTrainer:
         predicting, training = False, True
-        global_step, global_rank = 0, 0
+        global_step, global_rank, current_epoch = 0, 0, 0
 
     module.trainer = FakeTrainer()
     images = torch.tensor([[[[0, 255]]]], dtype=torch.uint8).expand(64, 3, 1, 2).contiguous()

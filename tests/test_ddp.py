@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
-from types import SimpleNamespace
 
-import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
@@ -14,7 +14,8 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from lightning_faces.distributed import GANDDPStrategy
+from lightning_faces.distributed import GANDDPStrategy, check_strategy, register
+from lightning_faces.sampling import training_latents
 from tests.conftest import celeba_args, flags, run_cli, tiny_gan
 
 pytestmark = pytest.mark.timeout(600)  # a collective that never matches hangs: fail instead
@@ -173,25 +174,21 @@ def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(tmp_path, fake_c
     assert fid_two[1] == pytest.approx(fid_one[1], rel=1e-5)
 
 
-def fake_trainer(world_size: int, global_rank: int) -> SimpleNamespace:
-    return SimpleNamespace(world_size=world_size, global_rank=global_rank)
-
-
 def test_each_rank_draws_its_own_slice_of_the_global_latent_batch():
-    module = tiny_gan()
-    module._trainer = fake_trainer(1, 0)
-    whole = module.training_latents(6, slot=0)
-    slices = []
-    for rank in range(2):
-        module._trainer = fake_trainer(2, rank)
-        slices.append(module.training_latents(3, slot=0))
+    def latents(iteration: int, slot: int, count: int, world: int, rank: int) -> torch.Tensor:
+        return training_latents(0, iteration, slot, count, 8, world, rank)
+
+    whole = latents(0, 0, 6, world=1, rank=0)
+    slices = [latents(0, 0, 3, world=2, rank=rank) for rank in range(2)]
     assert not torch.equal(slices[0], slices[1])
     assert torch.equal(torch.cat(slices), whole)
     # another use in the same iteration, or the next iteration, draws other latents
-    module._trainer = fake_trainer(1, 0)
-    assert not torch.equal(module.training_latents(6, slot=1), whole)
-    module.iteration += 1
-    assert not torch.equal(module.training_latents(6, slot=0), whole)
+    assert not torch.equal(latents(0, 1, 6, world=1, rank=0), whole)
+    assert not torch.equal(latents(1, 0, 6, world=1, rank=0), whole)
+    # and the GAN's step draws exactly these (its trainer is absent here: one process)
+    module = tiny_gan()
+    module.iteration = 1
+    assert torch.equal(module.training_latents(6, slot=0), latents(1, 0, 6, world=1, rank=0))
 
 
 def test_gan_wrappers_do_not_copy_buffers_in_place_before_each_forward(tmp_path):
@@ -209,32 +206,41 @@ def test_gan_wrappers_do_not_copy_buffers_in_place_before_each_forward(tmp_path)
 
 def test_the_names_ddp_and_auto_give_the_gan_strategy_with_lightnings_settings():
     # Lightning resolves "auto" on several devices to the name "ddp"; each DDP name keeps its
-    # own settings (start method, unused-parameter search) with the GAN's strategy class
+    # own settings (start method, unused-parameter search) with the GAN's strategy class. The
+    # CLI registers them (a copy of Lightning's registry here: this process's stays as it is)
     from lightning.pytorch.strategies import StrategyRegistry
 
+    registry = type(StrategyRegistry)(StrategyRegistry)
+    register(registry)
     for name, start_method in (("ddp", "popen"), ("ddp_spawn", "spawn"), ("gan_ddp", "popen")):
-        strategy = StrategyRegistry.get(name)
+        strategy = registry.get(name)
         assert type(strategy) is GANDDPStrategy and strategy._start_method == start_method
-    assert StrategyRegistry.get("ddp_find_unused_parameters_true")._ddp_kwargs["find_unused_parameters"] is True
-    trainer = L.Trainer(accelerator="cpu", devices=2, logger=False)
-    assert type(trainer.strategy) is GANDDPStrategy
+    assert registry.get("ddp_find_unused_parameters_true").ddp_options["find_unused_parameters"] is True
+
+
+def test_importing_the_package_changes_no_strategy_name():
+    # a program that imports lightning_faces only to load a generator keeps Lightning's names
+    code = (
+        "from lightning.pytorch.strategies import StrategyRegistry as R\n"
+        "before = {k: (v['strategy'], v['init_params']) for k, v in R.items()}\n"
+        "import lightning_faces, lightning_faces.cli, lightning_faces.tools\n"
+        "after = {k: (v['strategy'], v['init_params']) for k, v in R.items()}\n"
+        "assert before == after, sorted(set(after.items()) ^ set(before.items()), key=str)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_a_plain_ddp_strategy_built_in_python_stops_with_one_line():
-    from types import SimpleNamespace
-
     from lightning_faces.errors import FacesError
 
-    model = tiny_gan()
-    model._trainer = SimpleNamespace(strategy=DDPStrategy())
     with pytest.raises(FacesError, match="pass strategy='ddp' by name"):
-        model.setup("fit")
+        check_strategy(DDPStrategy())
+    check_strategy(GANDDPStrategy())  # the GAN's own passes
 
 
 @pytest.mark.parametrize("name", ["DeepSpeedStrategy", "FSDPStrategy"])
 def test_strategies_other_than_ddp_stop_with_one_line(name):
-    from types import SimpleNamespace
-
     from lightning.pytorch.strategies import FSDPStrategy
 
     from lightning_faces.errors import FacesError
@@ -242,10 +248,8 @@ def test_strategies_other_than_ddp_stop_with_one_line(name):
     # DeepSpeed's strategy subclasses DDPStrategy (FSDP's does not): both must be refused.
     # Lightning's DeepSpeedStrategy needs the deepspeed package to construct: a stand-in
     strategy = type(name, (DDPStrategy,), {}) if name == "DeepSpeedStrategy" else FSDPStrategy
-    model = tiny_gan()
-    model._trainer = SimpleNamespace(strategy=strategy.__new__(strategy))
     with pytest.raises(FacesError, match=f"strategy {name} is not supported: use ddp"):
-        model.setup("fit")
+        check_strategy(strategy.__new__(strategy))
 
 
 def test_two_ranks_grow_across_phase_changes_and_stay_identical(tmp_path, fake_celeba):

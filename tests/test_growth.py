@@ -108,7 +108,7 @@ def test_training_follows_the_schedule_with_batch_size_and_learning_rate_per_res
     assert trainer.global_step == 12
     # samples and FID see the final size: a lower level's pixels enlarged, each a 2x2 square
     images = model.generate(torch.randn(3, 8))
-    model._set_phase(1, 1.0)
+    model.grower.set_phase(1, 1.0)
     small = model.generate(torch.randn(3, 8))
     assert images.shape == small.shape == (3, 3, 16, 16)
     assert torch.equal(small[..., ::2, ::2].repeat_interleave(2, 2).repeat_interleave(2, 3), small)

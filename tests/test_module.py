@@ -93,9 +93,10 @@ def test_g_learns_from_the_fakes_d_saw_in_one_g_pass_unless_fresh_latents(tmp_pa
     d_opt, g_opt = dcgan_adam(discriminator.parameters()), dcgan_adam(generator.parameters())
     objective = NonSaturating()
     fake = generator(latents)
-    objective.discriminator_loss(discriminator(reals[0]).logits, discriminator(fake.detach()).logits).backward()
+    real_logits = discriminator(reals[0]).logits
+    objective.discriminator_loss(real_logits, discriminator(fake.detach()).logits).backward()
     d_opt.step()
-    objective.generator_loss(discriminator(fake).logits).backward()
+    objective.generator_loss(real_logits.detach(), discriminator(fake).logits).backward()
     g_opt.step()
     torch.testing.assert_close(snapshot(model.discriminator), snapshot(discriminator))
     same_g = torch.allclose(snapshot(model.generator), snapshot(generator), rtol=1e-5, atol=1e-7)

@@ -100,7 +100,7 @@ def test_each_objective_computes_its_papers_formula():
     real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-2.0, 0.0, 1.5])
     # hinge: mean(max(0, 1 - real)) + mean(max(0, 1 + fake)); G: -mean(fake)
     assert Hinge().discriminator_loss(real, fake).item() == pytest.approx((0 + 0.5 + 2) / 3 + (0 + 1 + 2.5) / 3)
-    assert Hinge().generator_loss(fake).item() == pytest.approx(-(-2.0 + 0.0 + 1.5) / 3)
+    assert Hinge().generator_loss(real, fake).item() == pytest.approx(-(-2.0 + 0.0 + 1.5) / 3)
     # Wasserstein critic: mean(fake) - mean(real)
     assert Wasserstein().discriminator_loss(real, fake).item() == pytest.approx((-0.5 / 3) - (1.5 / 3))
     # least squares: 1/2 mean((real - 1)^2) + 1/2 mean(fake^2); G: 1/2 mean((fake - 1)^2)
@@ -108,7 +108,7 @@ def test_each_objective_computes_its_papers_formula():
     assert ls.discriminator_loss(real, fake).item() == pytest.approx(
         0.5 * (1 + 0.25 + 4) / 3 + 0.5 * (4 + 0 + 2.25) / 3
     )
-    assert ls.generator_loss(fake).item() == pytest.approx(0.5 * (9 + 1 + 0.25) / 3)
+    assert ls.generator_loss(real, fake).item() == pytest.approx(0.5 * (9 + 1 + 0.25) / 3)
     assert ls.threshold == 0.5 and ls.probability(torch.tensor([1.7])).item() == 1.0
 
 

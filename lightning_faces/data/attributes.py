@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
@@ -87,16 +86,12 @@ def _number(text: str) -> float | None:
 def dataset_attributes(dataset: Dataset) -> torch.Tensor:
     """Every row of a face dataset's 40 attributes, (N, 40) float in {0, 1}, without its images.
 
-    Reads the attribute arrays of the datasets this package makes (CelebA's listing, a prepared
-    array, the drawn faces' tensors) directly; any other dataset is read item by item.
+    Reads the attribute arrays of the datasets this package makes (``attributes`` of CelebA's
+    listing and of a prepared array, the drawn faces' tensors) directly; any other dataset is
+    read item by item.
     """
-    from lightning_faces.data.celeba import CelebA
-    from lightning_faces.data.prepared import PreparedImages
-
-    if isinstance(dataset, CelebA):
-        return dataset.attributes
-    if isinstance(dataset, PreparedImages):
-        return torch.from_numpy(np.load(dataset.folder / "attributes.npy"))
+    if isinstance(getattr(dataset, "attributes", None), torch.Tensor):
+        return dataset.attributes  # type: ignore[attr-defined]
     if isinstance(dataset, TensorDataset):
         return dataset.tensors[1]
     if isinstance(dataset, Subset):

@@ -90,7 +90,7 @@ def whole_arrays(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
     """A training set's images (N, 3, S, S) uint8 and attributes (N, 40) as two tensors, without a
     copy where they already are arrays (prepared, memory-mapped; drawn, in memory); else None."""
     if isinstance(dataset, PreparedImages):
-        images, attributes = dataset._open()
+        images, attributes = dataset.arrays
         with warnings.catch_warnings():  # read-only mappings: nothing here writes to them
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             return torch.from_numpy(images), torch.from_numpy(attributes)
@@ -188,6 +188,7 @@ class FaceDataModule(L.LightningDataModule):
         self._device_arrays: tuple[torch.Tensor, torch.Tensor] | None = None  # on_device: the training set
         self.train_set: Dataset | None = None
         self._resume_position: dict[str, int] | None = None  # from a checkpoint (load_state_dict)
+        self._position: tuple[int, int] | None = None  # (epoch, its batches trained on so far)
         self._flip_rng: torch.Generator | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -288,20 +289,23 @@ class FaceDataModule(L.LightningDataModule):
         """Where training is in its data: the epoch and the batches of it already trained on.
 
         Saved in checkpoints (Lightning asks at every save); ``train_dataloader`` of a resumed
-        run continues from there.
+        run continues from there. The batches are counted here, as each reaches the device.
         """
-        trainer = self.trainer
-        if trainer is None or trainer.state.fn != "fit":
+        if self.trainer is None or self.trainer.state.fn != "fit" or self._position is None:
             return {}
-        epochs = trainer.fit_loop.epoch_progress.current
-        # between epochs (a save at an epoch's end) the batch counter still holds the finished
-        # epoch's count: the next epoch has none of its batches trained on yet
-        mid_epoch = epochs.started > epochs.completed
-        batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed if mid_epoch else 0
-        return {"epoch": trainer.current_epoch, "batches": batches}
+        epoch, batches = self._position
+        return {"epoch": epoch, "batches": batches}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._resume_position = dict(state) or None
+        if self._resume_position:
+            self._position = (self._resume_position["epoch"], self._resume_position["batches"])
+
+    def _count_training_batch(self) -> None:
+        epoch = self.trainer.current_epoch
+        if self._position is None or self._position[0] != epoch:
+            self._position = (epoch, 0)
+        self._position = (epoch, self._position[1] + 1)
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         positions = isinstance(dataset, Positions)  # on_device: no work for worker processes
@@ -358,6 +362,13 @@ class FaceDataModule(L.LightningDataModule):
         picked = torch.randint(len(rows), (count,), generator=torch.Generator().manual_seed(seed))
         return rows[picked][:, self.attribute_columns].float()
 
+    def reference_images(self, count: int, seed: int) -> torch.Tensor:
+        """``count`` training images (uint8, (count, 3, S, S)) drawn without replacement from
+        ``seed``: the fixed reference batch of a D with virtual batch norm."""
+        dataset = self.train_set if self.train_set is not None else self.train_dataset()
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]  # type: ignore[arg-type]
+        return torch.stack([dataset[int(i)][0] for i in order])
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self.trainer is not None and self.trainer.predicting:
             return batch
@@ -368,6 +379,8 @@ class FaceDataModule(L.LightningDataModule):
         if attributes.ndim == 2 and attributes.shape[1] > 0:
             attributes = attributes[:, self.attribute_columns]  # (B, 40) -> (B, A), the run's own
         images = to_float(images)  # uint8 (B, 3, S, S) -> float in [-1, 1]
+        if self.trainer is not None and self.trainer.training:
+            self._count_training_batch()
         if self.flip and self.trainer is not None and self.trainer.training:
             # drawn from (seed, iteration, rank), not the global RNG (which checkpoints do not
             # hold): a resumed run flips exactly what the uninterrupted one would have

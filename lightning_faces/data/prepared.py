@@ -190,6 +190,16 @@ class PreparedImages(Dataset):
         self._images: np.ndarray | None = None
         self._attributes: np.ndarray | None = None
 
+    @property
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The images (N, 3, S, S) uint8 and attributes (N, 40), memory-mapped (read-only)."""
+        return self._open()
+
+    @property
+    def attributes(self) -> torch.Tensor:
+        """Every row's 40 attributes, (N, 40), without reading an image."""
+        return torch.from_numpy(np.array(self._open()[1]))
+
     def _open(self) -> tuple[np.ndarray, np.ndarray]:
         if self._images is None or self._attributes is None:
             self._images = np.load(self.folder / "images.npy", mmap_mode="r")
