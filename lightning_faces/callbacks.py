@@ -14,6 +14,7 @@ from torchvision.utils import make_grid
 
 from lightning_faces.data import to_uint8
 from lightning_faces.data.attributes import switch_on
+from lightning_faces.evaluation import Periodic
 from lightning_faces.files import atomic_path
 
 
@@ -42,7 +43,7 @@ class _InRunFolder(L.Callback):
         self.folder = run_folder(trainer)
 
 
-class SampleGrid(_InRunFolder):
+class SampleGrid(_InRunFolder, Periodic):
     """Renders the module's fixed latent batch as a grid PNG in ``<run folder>/samples/``.
 
     One grid before training (step 0), one every ``every_n_epochs`` epochs, one at the end;
@@ -55,28 +56,22 @@ class SampleGrid(_InRunFolder):
             (nearest neighbour: every generated pixel stays visible, none is invented).
     """
 
+    at_train_start = at_train_end = True
+
     def __init__(self, every_n_epochs: int = 1, every_n_steps: int = 0, min_cell_size: int = 64) -> None:
-        self.every_n_epochs = every_n_epochs
-        self.every_n_steps = every_n_steps
+        Periodic.__init__(self, every_n_epochs, every_n_steps)
         self.min_cell_size = min_cell_size
-        self._saved_step: int | None = None
 
     def path(self, trainer: L.Trainer) -> Path:
         assert self.folder is not None, "setup() runs first"
         return self.folder / "samples" / f"step_{trainer.global_step:07d}.png"
 
-    def save(self, trainer: L.Trainer, module: L.LightningModule) -> Path | None:
-        """Renders and saves this iteration's grid, once (an epoch may end on a step interval).
-
-        Every rank renders (a few dozen samples; the EMA's statistics are then refreshed at the
-        same iteration on every rank), rank 0 writes.
-        """
-        if self._saved_step == trainer.global_step:
-            return None
-        self._saved_step = trainer.global_step
+    def evaluate(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        """Renders and saves this iteration's grid. Every rank renders (a few dozen samples; the
+        EMA's statistics are then refreshed at the same iteration on every rank), rank 0 writes."""
         images = to_uint8(module.generate(module.fixed_latents, module.fixed_attributes))  # (N, 3, S, S)
         if not trainer.is_global_zero:
-            return None
+            return
         path = self.path(trainer)
         factor = -(-self.min_cell_size // images.shape[-1])  # ceil
         if factor > 1:
@@ -88,22 +83,9 @@ class SampleGrid(_InRunFolder):
             control = attribute_grid(module, self.min_cell_size)
             save_png(control, path.with_name(f"attributes_{path.name}"))
             log_image(trainer, "attributes", control)
-        return path
-
-    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.global_step == 0:
-            self.save(trainer, module)
-
-    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
-            self.save(trainer, module)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self.save(trainer, module)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.save(trainer, module)
+        super().on_train_end(trainer, module)  # the last grid
         if trainer.is_global_zero:
             samples = self.path(trainer).parent
             write_gif(sorted(samples.glob("step_*.png")), samples.parent / "samples.gif")

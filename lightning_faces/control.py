@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning_faces.classifier import CONFIG_HINT, AttributeClassifier
 from lightning_faces.data.attributes import switch_on
 from lightning_faces.errors import FacesError
+from lightning_faces.evaluation import Periodic
 
 
 def load_judge(path: str | Path, attributes: tuple[str, ...]) -> tuple[AttributeClassifier, list[int]]:
@@ -66,7 +67,7 @@ def switch_effects(
     return torch.stack(rows)
 
 
-class AttributeAccuracy(L.Callback):
+class AttributeAccuracy(Periodic):
     """Every few epochs or steps: the classifier's agreement with the attributes G was asked for.
 
     Faces come from ``num_samples`` fixed latents, each with a real attribute row from the GAN's
@@ -82,6 +83,9 @@ class AttributeAccuracy(L.Callback):
         batch_size: faces per forward pass.
     """
 
+    metric = "val/attribute_accuracy"
+    at_train_end = True  # the figure of the final weights
+
     def __init__(
         self,
         classifier_path: str,
@@ -92,12 +96,11 @@ class AttributeAccuracy(L.Callback):
     ) -> None:
         if num_samples < 1 or batch_size < 1:
             raise FacesError("AttributeAccuracy needs num_samples and batch_size of at least 1")
+        super().__init__(every_n_epochs, every_n_steps)
         self.classifier_path = classifier_path
-        self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
         self.num_samples, self.batch_size = num_samples, batch_size
         self.classifier: AttributeClassifier | None = None
         self.columns: list[int] = []
-        self.history: list[tuple[int, float]] = []  # (iteration, mean accuracy), kept in checkpoints
         self._samples: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
@@ -108,22 +111,9 @@ class AttributeAccuracy(L.Callback):
             raise FacesError("AttributeAccuracy measures a conditional GAN: set data.attributes (or drop the callback)")
         self.classifier, self.columns = load_judge(self.classifier_path, names)
 
-    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
-            self.evaluate(trainer, module)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self.evaluate(trainer, module)
-
-    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.evaluate(trainer, module)  # the figure of the final weights
-
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, module: L.LightningModule) -> torch.Tensor | None:
         assert self.classifier is not None, "setup() runs first"
-        if self.history and self.history[-1][0] == trainer.global_step:
-            return None
         started = time.perf_counter()
         classifier = self.classifier.to(module.device).eval()
         if self._samples is None:
@@ -152,18 +142,8 @@ class AttributeAccuracy(L.Callback):
         )
         for logger in trainer.loggers:  # once, at this iteration (as FID)
             logger.log_metrics(metrics, step=trainer.global_step)
-        self.history.append((trainer.global_step, float(mean)))
         rank_zero_info(f"attribute accuracy {float(mean):.3f} at iteration {trainer.global_step}")
         return mean
-
-    def curve_points(self) -> dict[str, list[tuple[int, float]]]:
-        return {"val/attribute_accuracy": self.history}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict["history"])
 
 
 @torch.no_grad()

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from lightning_faces.checkpoint import load_checkpoint
 from lightning_faces.data import to_uint8
 from lightning_faces.errors import FacesError
+from lightning_faces.evaluation import Periodic
 from lightning_faces.files import atomic_path
 
 INCEPTION_URL = (
@@ -190,7 +191,7 @@ def update_from_loader(fid: nn.Module, loader: DataLoader, real: bool, device: t
             bar.update(images.shape[0])
 
 
-class FID(L.Callback):
+class FID(Periodic):
     """Computes FID every few epochs or steps and logs it as ``val/fid``.
 
     Generated images come from G (or its EMA) in eval mode, from ``num_samples`` fixed latents,
@@ -213,6 +214,8 @@ class FID(L.Callback):
         feature_extractor: another feature network instead of Inception (for tests).
     """
 
+    metric = "val/fid"
+
     def __init__(
         self,
         every_n_epochs: int = 1,
@@ -231,8 +234,8 @@ class FID(L.Callback):
             raise FacesError(f"fid.batch_size must be at least 1, got {batch_size}")
         if resize not in RESIZES:
             raise FacesError(f"fid.resize must be one of {', '.join(RESIZES)}, got {resize!r}")
+        super().__init__(every_n_epochs, every_n_steps)
         self.resize = resize
-        self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
         self.num_samples, self.real_split, self.batch_size = num_samples, real_split, batch_size
         self.weights_path = feature_extractor_weights_path
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -240,7 +243,6 @@ class FID(L.Callback):
         self.fid: nn.Module | None = None
         self.weights_checked = False
         self.real_ready = False  # real statistics loaded or computed into self.fid
-        self.history: list[tuple[int, float]] = []  # (iteration, FID), kept in checkpoints
         self.last_cache_hit: bool | None = None
         self.protocol: dict[str, Any] = {}  # how the numbers are measured, filled in at the first evaluation
         self._fixed_latents: torch.Tensor | None = None
@@ -275,19 +277,9 @@ class FID(L.Callback):
             self.check()
             self.fid = make_fid(self.weights_path, self.feature_extractor, self.resize)
 
-    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
-            self.evaluate(trainer, module)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self.evaluate(trainer, module)
-
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, module: L.LightningModule) -> torch.Tensor | None:
         assert self.fid is not None, "FID.setup() runs before evaluate()"
-        if self.history and self.history[-1][0] == trainer.global_step:
-            return None  # an epoch that ends on a step interval: this iteration is scored already
         self.fid.to(module.device)
         if not self.real_ready:
             started = time.perf_counter()
@@ -314,7 +306,6 @@ class FID(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics({"val/fid": float(value), "val/fid_seconds": seconds}, step=trainer.global_step)
         module.log("val/fid", value, prog_bar=True, logger=False)  # for ModelCheckpoint and the bar
-        self.history.append((trainer.global_step, float(value)))
         note, generator = "", module.generator
         if getattr(module, "growth", None) is not None and (
             generator.resolution < module.image_size or float(generator.alpha) < 1
@@ -335,16 +326,6 @@ class FID(L.Callback):
             rows = module.sample_attributes(self.num_samples, torch.Generator(module.device).manual_seed(10_001))
             self._fixed_attributes = None if rows is None else rows.cpu()
         return self._fixed_latents, self._fixed_attributes
-
-    def curve_points(self) -> dict[str, list[tuple[int, float]]]:
-        """FID against the iteration, for ``LearningCurves``."""
-        return {"val/fid": self.history}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict["history"])
 
     def _load_or_compute_real(self, trainer: L.Trainer, module: L.LightningModule) -> Path:
         assert self.fid is not None
