@@ -20,7 +20,7 @@ from lightning_faces.control import latent_directions
 from lightning_faces.module import GAN
 from lightning_faces.play import slerp
 from tests.conftest import PLAY_ATTRIBUTES as ATTRIBUTES
-from tests.conftest import run_cli
+from tests.conftest import PLAY_TINY, run_cli
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -69,6 +69,31 @@ def test_generate_applies_truncation_and_attributes_as_documented(checkpoints, t
     assert torch.equal(chw(pixels(tmp_path / "t" / "seed000003.png")), expected)
     untruncated = generator.render(generator.seed_latent(3)[None], row[None])[0]
     assert not torch.equal(expected, untruncated)
+
+
+@pytest.mark.parametrize("kind", ["conditional", "plain"])
+def test_predict_and_generate_write_the_same_pixels_for_the_same_seeds(checkpoints, tmp_path, kind):
+    # one path from a seed to a face (generator.seed_genes): predict's image i is generate's seed i
+    ckpt = checkpoints[kind]
+    asked = ["--attributes", "Eyeglasses=1"] if kind == "conditional" else []
+    assert tool(["generate", str(ckpt), "--num", "5", *asked, "--out", "generated"], tmp_path) == 0
+    attributes = ["--data.attributes", f"[{', '.join(ATTRIBUTES)}]"] if kind == "conditional" else []
+    predict_asked = ["--data.predict_attributes", "Eyeglasses=1"] if kind == "conditional" else []
+    args = ["predict", *PLAY_TINY, *attributes, *predict_asked, "--ckpt_path", str(ckpt)]
+    args += ["--data.predict_samples", "5", "--data.batch_size", "2", "--trainer.logger", "false"]
+    args += [
+        "--trainer.callbacks",
+        "lightning_faces.callbacks.ImageWriter",
+        "--trainer.callbacks.output_dir",
+        "predicted",
+    ]
+    assert tool(args, tmp_path) == 0
+    for seed in range(5):
+        predicted = pixels(tmp_path / "predicted" / f"{seed:06d}.png")
+        assert np.array_equal(predicted, pixels(tmp_path / "generated" / f"seed{seed:06d}.png")), seed
+    assert not np.array_equal(
+        pixels(tmp_path / "predicted" / "000000.png"), pixels(tmp_path / "predicted" / "000001.png")
+    )
 
 
 def test_generate_refuses_bad_requests_in_one_line(checkpoints, tmp_path, capsys, monkeypatch):
