@@ -15,9 +15,11 @@ from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import nn
 
 from lightning_faces.errors import FacesError
 from lightning_faces.files import atomic_path
+from lightning_faces.growth import Growth
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -258,9 +260,6 @@ def describe_settings(hparams: dict[str, Any], generator: Any, discriminator: An
     the CLI links from the data into the networks are filled in from the networks, so a
     checkpoint says what its networks were built for.
     """
-    from torch import nn
-
-    from lightning_faces.growth import Growth
 
     def describe(value: Any) -> Any:
         if isinstance(value, Growth):  # plain settings: a checkpoint can hold and rebuild them

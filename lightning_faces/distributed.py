@@ -95,8 +95,9 @@ def check_strategy(strategy: Any) -> None:
     """Refuses, in one line, a strategy that would not train the GAN as ``GANDDPStrategy`` does."""
     if type(strategy) is DDPStrategy:
         raise FacesError(
-            "DDPStrategy(...) would wrap G and D as one module: pass strategy='ddp' by name, "
-            "or lightning_faces.distributed.GANDDPStrategy(...) for DDP options"
+            "Lightning's DDPStrategy would wrap G and D as one module: pass "
+            "strategy=lightning_faces.distributed.GANDDPStrategy() (the CLI gives strategy: ddp, and auto on "
+            "several devices, that one)"
         )
     # DeepSpeed subclasses DDPStrategy but shards and wraps the model its own way
     if isinstance(strategy, ParallelStrategy) and not isinstance(strategy, GANDDPStrategy):

@@ -1,9 +1,9 @@
 """The GAN: one training iteration, read top to bottom in ``GAN.training_step``.
 
 Everything else the iteration uses is a part with its own module: the networks (``nets``), the
-objective and the regularizers, G's average (``ema``), the growth schedule (``growth``), DDP's
-wrappers (``distributed``), and how a checkpoint's settings are described and rebuilt
-(``checkpoint``).
+objective and the regularizers, G's average (``ema``), the growth schedule (``growth``), what
+a seed or an iteration draws (``sampling``), DDP's wrappers (``distributed``), and how a
+checkpoint's settings are described and rebuilt (``checkpoint``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
@@ -20,16 +21,16 @@ from torch import nn
 from lightning_faces import objectives
 from lightning_faces.augment import DiffAugment
 from lightning_faces.checkpoint import built_settings, describe_settings, load_checkpoint
-from lightning_faces.data.images import to_float
-from lightning_faces.distributed import average_over_ranks, batch_norm_statistics, check_strategy
+from lightning_faces.data.images import to_float, to_uint8
+from lightning_faces.distributed import average_over_ranks, batch_norm_statistics, check_strategy, world_and_rank
 from lightning_faces.ema import EMA
 from lightning_faces.errors import FacesError
-from lightning_faces.growth import Grower, Growth
+from lightning_faces.growth import Grower, Growth, enlarge
 from lightning_faces.nets.contract import Scores
 from lightning_faces.nets.virtual_batch_norm import uses_virtual_batch_norm
 from lightning_faces.objectives import AttributeLoss, NonSaturating, Objective
 from lightning_faces.regularizers import FeatureMatching, Regularizer, Step
-from lightning_faces.sampling import Sampling
+from lightning_faces.sampling import seed_genes, training_latents
 
 ATTRIBUTE_POOL_SIZE = 10_000  # real attribute rows a conditional GAN keeps to sample from
 
@@ -39,7 +40,7 @@ def dcgan_adam(params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999))
 
 
-class GAN(Sampling, L.LightningModule):
+class GAN(L.LightningModule):
     """A GAN of any generator, discriminator and objective, trained with manual optimization.
 
     Each batch is one iteration (``training_step``): D's update, then (every
@@ -155,7 +156,7 @@ class GAN(Sampling, L.LightningModule):
         self.iteration = 0  # batches trained on; saved in checkpoints
         self.progress: dict[str, float] = {}  # host numbers for the progress bar (callbacks.ProgressBar)
         self._replicas: dict[str, nn.Module] = {}  # DDP wrappers of G and D (distributed.GANDDPStrategy)
-        self._channels_last = channels_last  # resolved for the device in setup
+        self._channels_last: bool | None = None  # channels_last, resolved for the device in setup
 
     @classmethod
     def from_checkpoint(
@@ -192,8 +193,14 @@ class GAN(Sampling, L.LightningModule):
     def setup(self, stage: str) -> None:
         check_strategy(self.trainer.strategy)
         nets = [self.generator, self.discriminator] + ([self.generator_ema] if self.ema else [])
+        self._channels_last = self.hparams.channels_last
         if self._channels_last is None:  # measured faster on CPUs only (README "Speed")
             self._channels_last = self.trainer.strategy.root_device.type == "cpu"
+        if self.hparams.d_skip_accuracy is not None and self.trainer.precision == "16-mixed":
+            raise FacesError(
+                "model.d_skip_accuracy cannot run with trainer.precision 16-mixed (its gradient scaler needs "
+                "gradients at every D step): use bf16-mixed or 32-true, or remove d_skip_accuracy"
+            )
         if self._channels_last:
             for net in nets:
                 net.to(memory_format=torch.channels_last)
@@ -219,102 +226,108 @@ class GAN(Sampling, L.LightningModule):
         return optimizers, [{"scheduler": s, "interval": "step"} for s in schedulers]
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        hp, logs = self.hparams, {}
+        hp = self.hparams
         real, real_attributes = batch  # (B, 3, S, S) in [-1, 1]; (B, A) in {0, 1}, A = 0 unconditional
         d_opt, g_opt = self.optimizers()
+        logs: dict[str, torch.Tensor] = {}
         if self.grower is not None:  # this iteration's resolution: (B', 3, R, R), B' <= B
             optimizers = [d_opt.optimizer, g_opt.optimizer]
             real, real_attributes, growth = self.grower.step(real, real_attributes, optimizers, self.trainer.world_size)
             self.log_dict(growth)
         if self._channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
-        # D's passes and G's own passes run through their DDP wrappers: each backward averages
-        # the gradients of the network it updates
-        generator, discriminator = self._replicas.get("g", self.generator), self._replicas.get("d", self.discriminator)
         real_labels = self._labels(real_attributes)
+        # a player's own passes go through its DDP wrapper (the plain network in one process),
+        # so that its backward averages its gradients over ranks
+        g_ddp, d_ddp = self._replicas.get("g", self.generator), self._replicas.get("d", self.discriminator)
         update_g = (self.iteration + 1) % hp.d_steps_per_g_step == 0
 
-        # 0. Latents and the attributes asked of G, drawn from (seed, iteration, slot). G's
+        # 0. Latents, and the attributes asked of G, drawn from (seed, iteration, slot). G's
         # update reuses these fakes (one G pass per iteration, the classic DCGAN loop) unless
-        # fresh_latents: then D's fakes are made without gradients.
+        # fresh_latents or no G update this iteration: then they are made without gradients.
         fake_labels = self.fake_attributes(real_labels, slot=0)
         latents = self.training_latents(real.shape[0], slot=0)
-        reuse = update_g and not hp.fresh_latents
-        with torch.set_grad_enabled(reuse):
-            fake = (generator if reuse else self.generator)(latents, fake_labels)
+        reuse_fakes = update_g and not hp.fresh_latents
+        if reuse_fakes:
+            fake = g_ddp(latents, fake_labels)
+        else:
+            with torch.no_grad():
+                fake = self.generator(latents, fake_labels)
 
-        # 1. D learns to tell real from G's current fakes (detached: D's update leaves G alone).
+        # 1. D learns to tell real from G's current fakes (detached: D's update leaves G alone)
         def d_scores(images: torch.Tensor, labels: torch.Tensor | None = real_labels) -> Scores:
-            return discriminator(self.augment(images), labels)
+            return d_ddp(self.augment(images), labels)
 
         real_scores, fake_scores = d_scores(real), d_scores(fake.detach(), fake_labels)
         d_loss = self.objective.discriminator_loss(real_scores.logits, fake_scores.logits)
         if self.attribute_loss is not None:  # AC-GAN: D's head learns the real images' attributes
-            logs["train/d_attribute_loss"] = self.attribute_loss.discriminator_loss(
-                real_scores.attribute_logits, real_labels
-            )
-            d_loss = d_loss + logs["train/d_attribute_loss"]
+            attribute_loss = self.attribute_loss.discriminator_loss(real_scores.attribute_logits, real_labels)
+            logs["train/d_attribute_loss"] = attribute_loss.detach()
+            d_loss = d_loss + attribute_loss
         accuracy = objectives.accuracy(
             real_scores.logits.detach(), fake_scores.logits.detach(), self.objective.threshold
         )
         skip_d = self._skip_discriminator(accuracy)
         d_opt.zero_grad(set_to_none=True)
         if not skip_d:
-            step = Step(self.discriminator, real, fake, fake_scores.features, d_scores, self.iteration)
+            step = Step(net=self.discriminator, real=real, fake=fake.detach(), fake_features=fake_scores.features,
+                        score=d_scores, d_steps=self.iteration)  # fmt: skip
             self.manual_backward(d_loss + self._penalties(self.d_regularizers, step, "d", logs))
             self._prepare_gradients(self.discriminator, d_opt)
-        # Lightning counts this step (trainer.global_step); skipped, it has no gradients to apply
-        d_opt.step()
+        d_opt.step()  # Lightning counts this step: global_step counts iterations (skipped: no gradients)
         if not skip_d:
             for regularizer in self.d_regularizers:
                 regularizer.after_step(self.discriminator)
 
-        # 2. G learns to fool the D just updated: every k-th batch, or k times per batch, each
-        # time after the first on fresh latents. D is frozen, its scores taken without DDP.
-        for g_step in range(hp.g_steps_per_d_step if update_g else 0):
+        # 2. G learns to fool the D just updated, every k-th batch (or k times a batch, each
+        # time after the first on fresh latents); D is frozen and scores G's fakes without DDP
+        def g_scores(images: torch.Tensor, labels: torch.Tensor | None = real_labels) -> Scores:
+            return self.discriminator(self.augment(images), labels)
+
+        for g_step in range(hp.g_steps_per_d_step) if update_g else ():
             with self.toggled_optimizer(g_opt):
-                if g_step > 0 or not reuse:
+                if g_step > 0 or not reuse_fakes:
                     fake_labels = self.fake_attributes(real_labels, slot=1 + g_step)
-                    fake = generator(self.training_latents(real.shape[0], slot=1 + g_step), fake_labels)
-
-                def g_scores(images: torch.Tensor, labels: torch.Tensor | None = real_labels) -> Scores:
-                    return self.discriminator(self.augment(images), labels)
-
-                scores = g_scores(fake, fake_labels)
+                    fake = g_ddp(self.training_latents(real.shape[0], slot=1 + g_step), fake_labels)
+                g_fake_scores = g_scores(fake, fake_labels)
                 g_loss = hp.adversarial_weight * self.objective.generator_loss(
-                    real_scores.logits.detach(), scores.logits
+                    real_scores.logits.detach(), g_fake_scores.logits
                 )
                 if self.attribute_loss is not None:  # AC-GAN: fakes should show the attributes asked for
-                    logs["train/g_attribute_loss"] = self.attribute_loss.generator_loss(
-                        scores.attribute_logits, fake_labels
-                    )
-                    g_loss = g_loss + logs["train/g_attribute_loss"]
-                step = Step(self.generator, real, fake, scores.features, g_scores, self.iteration)
+                    attribute_loss = self.attribute_loss.generator_loss(g_fake_scores.attribute_logits, fake_labels)
+                    logs["train/g_attribute_loss"] = attribute_loss.detach()
+                    g_loss = g_loss + attribute_loss
+                step = Step(net=self.generator, real=real, fake=fake, fake_features=g_fake_scores.features,
+                            score=g_scores, d_steps=self.iteration)  # fmt: skip
                 g_loss = g_loss + self._penalties(self.g_regularizers, step, "g", logs)
                 g_opt.zero_grad(set_to_none=True)
                 self.manual_backward(g_loss)
                 self._prepare_gradients(self.generator, g_opt)
-                # through the strategy (precision plugins apply) but not Lightning's step counter:
-                # global_step counts iterations (Lightning issue 17958)
-                self.trainer.strategy.optimizer_step(g_opt.optimizer, closure=_no_closure)
+                self._uncounted_step(g_opt)
             for regularizer in self.g_regularizers:
                 regularizer.after_step(self.generator)
             if self.ema is not None:
                 self.ema.update(self.generator)  # 3. G's average follows G
-            logs["train/g_loss"] = g_loss
+            logs["train/g_loss"] = g_loss.detach()
 
         # 4. Every rank's batch-norm statistics to their mean, learning rates, logs
         if self.trainer.world_size > 1:
             average_over_ranks(batch_norm_statistics([self.generator, self.discriminator]))
         for scheduler in self._schedulers():
             scheduler.step()
-        logs["train/d_loss"], logs["train/d_accuracy"] = d_loss, accuracy
-        logs["train/d_real"] = self.objective.probability(real_scores.logits).mean()  # mean D(x)
-        logs["train/d_fake"] = self.objective.probability(fake_scores.logits).mean()  # mean D(G(z))
+        logs["train/d_loss"], logs["train/d_accuracy"] = d_loss.detach(), accuracy
+        logs["train/d_real"] = self.objective.probability(real_scores.logits.detach()).mean()  # mean D(x)
+        logs["train/d_fake"] = self.objective.probability(fake_scores.logits.detach()).mean()  # mean D(G(z))
         logs["train/d_skipped"] = torch.tensor(float(skip_d))
-        self.log_dict({key: value.detach() for key, value in logs.items()})  # read on the host at intervals only
+        self.log_dict(logs)  # tensors: the loggers read them on the host at logging intervals only
         self._show_progress(logs)
         self.iteration += 1
+
+    def _uncounted_step(self, optimizer: Any) -> None:
+        """An optimizer step through the strategy, as Lightning's own (precision plugins apply), but
+        not counted in ``trainer.global_step``: Lightning counts every LightningOptimizer step
+        (its issue 17958), and D's step, once an iteration, already counts it."""
+        self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=_no_closure)
 
     def _skip_discriminator(self, accuracy: torch.Tensor) -> bool:
         """Whether D sits this iteration out (``d_skip_accuracy``): decided by all ranks together
@@ -340,7 +353,7 @@ class GAN(Sampling, L.LightningModule):
         for regularizer in regularizers:
             penalty = regularizer.penalty(step)
             if penalty is not None:
-                logs[f"train/{player}_{regularizer.name}"] = penalty
+                logs[f"train/{player}_{regularizer.name}"] = penalty.detach()
                 total = total + penalty
         return total
 
@@ -362,6 +375,81 @@ class GAN(Sampling, L.LightningModule):
     def _labels(self, attributes: torch.Tensor) -> torch.Tensor | None:
         """A batch's attributes as the networks take them: None for an unconditional GAN."""
         return attributes.to(self.dtype) if self.attribute_names else None
+
+    def training_latents(self, count: int, slot: int) -> torch.Tensor:
+        """This rank's ``count`` latents of the global batch for this iteration and use (slot)."""
+        world, rank = world_and_rank()
+        return training_latents(
+            self.hparams.seed, self.iteration, slot, count, self.latent_dim, world, rank, self.device
+        )
+
+    def fake_attributes(self, real_labels: torch.Tensor | None, slot: int) -> torch.Tensor | None:
+        """The attributes G is asked for in training: the real batch's rows in a random order
+        drawn from (seed, iteration, slot), so never an impossible combination."""
+        if real_labels is None:
+            return None
+        key = np.random.SeedSequence([self.hparams.seed, self.iteration, slot, 1]).generate_state(1, np.uint64)[0]
+        order = torch.randperm(real_labels.shape[0], generator=torch.Generator().manual_seed(int(key >> 1)))
+        return real_labels[order.to(real_labels.device)]
+
+    def sample_latents(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draws z ~ N(0, I): (count, latent_dim) on the module's device."""
+        return torch.randn(count, self.latent_dim, device=self.device, generator=generator)
+
+    def sample_attributes(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """``count`` real attribute rows (count, A) drawn from the pool; None when unconditional."""
+        if not self.attribute_names:
+            return None
+        pool = self.attribute_pool
+        return pool[torch.randint(len(pool), (count,), device=pool.device, generator=generator)]
+
+    @property
+    def fixed_attributes(self) -> torch.Tensor | None:
+        """The attributes of the fixed latents (the pool's first rows); None when unconditional."""
+        return self.attribute_pool[: len(self.fixed_latents)] if self.attribute_names else None
+
+    def sampler(self, ema: bool = True) -> nn.Module:
+        """The network samples come from: G's average when there is one (unless ``ema`` is
+        False), its batch-norm statistics estimated for its own weights first; else G."""
+        if not ema or self.ema is None:
+            return self.generator
+        genes = lambda count, rng: (self.sample_latents(count, rng), self.sample_attributes(count, rng))  # noqa: E731
+        self.ema.refresh_statistics(genes, self.hparams.seed + 2, self.iteration)
+        return self.generator_ema
+
+    @torch.no_grad()
+    def generate(self, latents: torch.Tensor, attributes: torch.Tensor | None = None, ema: bool = True) -> torch.Tensor:
+        """Renders latents (B, latent_dim) into images (B, 3, S, S) in [-1, 1], in eval mode.
+
+        A conditional GAN needs ``attributes`` (B, A) in {0, 1}, in the order of
+        ``attribute_names``. Uses G's average when there is one (unless ``ema`` is False),
+        with batch-norm statistics estimated for its own weights first.
+        """
+        if self.attribute_names and attributes is None:
+            raise FacesError(f"this GAN is conditioned on {', '.join(self.attribute_names)}: pass their values")
+        generator = self.sampler(ema)
+        was_training = generator.training
+        generator.eval()
+        try:
+            labels = attributes.to(self.device, self.dtype) if self.attribute_names else None
+            return enlarge(generator(latents.to(self.device), labels), self.image_size)  # growing: at full size
+        finally:
+            generator.train(was_training)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Turns seeds into images as ``generate`` does (``generator.seed_genes``): seed i gives
+        the same face, with the attribute values asked for (``data.predict_attributes``)."""
+        seeds, values, asked = batch if isinstance(batch, (list, tuple)) else (batch, None, None)
+        wanted = {}
+        if self.attribute_names:
+            if values is None or values.shape[1] != len(self.attribute_names):
+                raise FacesError(
+                    f"the model is conditioned on {' '.join(self.attribute_names)}: set data.attributes to them"
+                )
+            wanted = {name: float(values[0, c]) for c, name in enumerate(self.attribute_names) if asked[0, c]}
+        pool = self.attribute_pool if self.attribute_names else torch.zeros(0, 0)
+        latents, attributes = seed_genes(seeds.tolist(), self.latent_dim, self.attribute_names, pool, wanted)
+        return {"indices": seeds.cpu(), "images": to_uint8(self.generate(latents, attributes)).cpu()}
 
     # validation and test: D's view of held-out real images against fresh fakes
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

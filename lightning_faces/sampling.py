@@ -1,9 +1,8 @@
-"""How the GAN draws what G takes (latents, and a conditional model's attributes) and renders it.
+"""What G takes, drawn reproducibly: a seed's latent and attributes, a training iteration's latents.
 
-Training draws latents from ``(seed, iteration, slot)`` (``training_latents``), so a resumed run
-draws what the uninterrupted one would have; samples come from G's average in eval mode
-(``Sampling.generate``); and a seed gives the same face in every command: ``generate``,
-``interpolate``, ``serve`` and ``predict`` all go through ``seed_genes``.
+A seed gives the same face in every command: ``generate``, ``interpolate``, ``serve`` and
+``predict`` all go through ``seed_genes``. Training draws its latents from ``(seed, iteration,
+slot)`` (``training_latents``), so a resumed run draws what the uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -13,93 +12,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from lightning_faces.data.attributes import switch_on
-from lightning_faces.data.images import to_uint8
-from lightning_faces.distributed import world_and_rank
 from lightning_faces.errors import FacesError
-from lightning_faces.growth import enlarge
-
-
-class Sampling:
-    """The GAN's sampling, a mixin of ``module.GAN``: it uses the GAN's ``generator``, ``ema``,
-    ``attribute_names``, ``attribute_pool``, ``fixed_latents``, ``iteration`` and ``hparams.seed``."""
-
-    def training_latents(self, count: int, slot: int) -> torch.Tensor:
-        """This rank's ``count`` latents of the global batch for this iteration and use (slot)."""
-        world, rank = world_and_rank()
-        return training_latents(
-            self.hparams.seed, self.iteration, slot, count, self.latent_dim, world, rank, self.device
-        )
-
-    def fake_attributes(self, real_labels: torch.Tensor | None, slot: int) -> torch.Tensor | None:
-        """The attributes G is asked for in training: the real batch's rows in a random order
-        drawn from (seed, iteration, slot), so never an impossible combination."""
-        if real_labels is None:
-            return None
-        key = np.random.SeedSequence([self.hparams.seed, self.iteration, slot, 1]).generate_state(1, np.uint64)[0]
-        order = torch.randperm(real_labels.shape[0], generator=torch.Generator().manual_seed(int(key >> 1)))
-        return real_labels[order.to(real_labels.device)]
-
-    def sample_latents(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draws z ~ N(0, I): (count, latent_dim) on the module's device."""
-        return torch.randn(count, self.latent_dim, device=self.device, generator=generator)
-
-    def sample_attributes(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
-        """``count`` real attribute rows (count, A) drawn from the pool; None when unconditional."""
-        if not self.attribute_names:
-            return None
-        pool = self.attribute_pool
-        return pool[torch.randint(len(pool), (count,), device=pool.device, generator=generator)]
-
-    @property
-    def fixed_attributes(self) -> torch.Tensor | None:
-        """The attributes of the fixed latents (the pool's first rows); None when unconditional."""
-        return self.attribute_pool[: len(self.fixed_latents)] if self.attribute_names else None
-
-    def sampler(self, ema: bool = True) -> nn.Module:
-        """The network samples come from: G's average when there is one (unless ``ema`` is
-        False), its batch-norm statistics estimated for its own weights first; else G."""
-        if not ema or self.ema is None:
-            return self.generator
-        genes = lambda count, rng: (self.sample_latents(count, rng), self.sample_attributes(count, rng))  # noqa: E731
-        self.ema.refresh_statistics(genes, self.hparams.seed + 2, self.iteration)
-        return self.generator_ema
-
-    @torch.no_grad()
-    def generate(self, latents: torch.Tensor, attributes: torch.Tensor | None = None, ema: bool = True) -> torch.Tensor:
-        """Renders latents (B, latent_dim) into images (B, 3, S, S) in [-1, 1], in eval mode.
-
-        A conditional GAN needs ``attributes`` (B, A) in {0, 1}, in the order of
-        ``attribute_names``. Uses G's average when there is one (unless ``ema`` is False),
-        with batch-norm statistics estimated for its own weights first.
-        """
-        if self.attribute_names and attributes is None:
-            raise FacesError(f"this GAN is conditioned on {', '.join(self.attribute_names)}: pass their values")
-        generator = self.sampler(ema)
-        was_training = generator.training
-        generator.eval()
-        try:
-            labels = attributes.to(self.device, self.dtype) if self.attribute_names else None
-            return enlarge(generator(latents.to(self.device), labels), self.image_size)  # growing: at full size
-        finally:
-            generator.train(was_training)
-
-    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
-        """Turns seeds into images as ``generate`` does (``generator.seed_genes``): seed i gives
-        the same face, with the attribute values asked for (``data.predict_attributes``)."""
-        seeds, values, asked = batch if isinstance(batch, (list, tuple)) else (batch, None, None)
-        wanted = {}
-        if self.attribute_names:
-            if values is None or values.shape[1] != len(self.attribute_names):
-                raise FacesError(
-                    f"the model is conditioned on {' '.join(self.attribute_names)}: set data.attributes to them"
-                )
-            wanted = {name: float(values[0, c]) for c, name in enumerate(self.attribute_names) if asked[0, c]}
-        pool = self.attribute_pool if self.attribute_names else torch.zeros(0, 0)
-        latents, attributes = seed_genes(seeds.tolist(), self.latent_dim, self.attribute_names, pool, wanted)
-        return {"indices": seeds.cpu(), "images": to_uint8(self.generate(latents, attributes)).cpu()}
 
 
 def training_latents(

@@ -234,7 +234,10 @@ def test_importing_the_package_changes_no_strategy_name():
 def test_a_plain_ddp_strategy_built_in_python_stops_with_one_line():
     from lightning_faces.errors import FacesError
 
-    with pytest.raises(FacesError, match="pass strategy='ddp' by name"):
+    with pytest.raises(
+        FacesError,
+        match="DDPStrategy would wrap G and D as one module: pass strategy=lightning_faces.distributed.GANDDPStrategy",
+    ):
         check_strategy(DDPStrategy())
     check_strategy(GANDDPStrategy())  # the GAN's own passes
 

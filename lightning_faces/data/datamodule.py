@@ -264,6 +264,8 @@ class FaceDataModule(L.LightningDataModule):
         return {"source": type(self).__name__, "split": split, "image_size": self.image_size}
 
     def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self._position = None  # counted again from this fit's first batch (a checkpoint's comes after setup)
         if stage == "fit" and self.train_set is None:
             self.train_set = self.train_dataset()
             if len(self.train_set) < self.batch_size:  # type: ignore[arg-type]
