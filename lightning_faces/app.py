@@ -35,6 +35,7 @@ import torch
 
 from lightning_faces.errors import FacesError
 from lightning_faces.generator import FaceGenerator, load_generator
+from lightning_faces.parsing import Commands, at_least
 from lightning_faces.play import add_source, as_image, save_png
 
 MAX_SEED = 2**31 - 1
@@ -45,11 +46,11 @@ TRUNCATION_RANGE = (0.1, 1.0)
 DISPLAY_SIZE = 256  # faces are shown enlarged to about this many pixels; downloads keep their size
 
 
-def add_arguments(commands: argparse._SubParsersAction, at_least) -> None:
+def add_arguments(commands: Commands) -> None:
     serve = commands.add_parser(
         "serve",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        help="a local web page to play with a generator",
+        help="A local web page to play with a generator: Randomize, sliders, save, mix (run: serve --help).",
         description="Starts a local page: Randomize, a seed box, sliders, truncation, Save, Mix, Download PNG "
         "and a grid of 10. Needs the app extra: pip install -e '.[app]'.",
     )

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from jsonargparse import ArgumentParser
 from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.environments import ClusterEnvironment, SLURMEnvironment
@@ -45,6 +44,7 @@ from lightning_faces.loggers import (
 )
 from lightning_faces.metrics import FID
 from lightning_faces.module import GAN
+from lightning_faces.parsing import TRAINING, ShortErrorParser
 from lightning_faces.signals import GracefulStop, StoppedAtOnce, restore_signal_handlers
 from lightning_faces.slurm import Requeue, in_slurm_job, job_id, resume_checkpoint
 
@@ -66,12 +66,6 @@ class FacesCLI(LightningCLI):
     job gets a run folder named by its job id, a requeue on the warning signal, and resumes."""
 
     slurm_folder: Path | None = None
-
-    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
-        super()._add_subcommands(parser, **kwargs)
-        # listed in --help beside Lightning's four; main() runs them before this parser exists
-        for name, summary in COMMANDS.items():
-            parser._subcommands_action.add_subcommand(name, ArgumentParser(description=summary), help=summary)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # the model is the GAN unless the config names another LightningModule (model.class_path:
@@ -206,73 +200,6 @@ class FacesCLI(LightningCLI):
                 callback.check()  # fail now, not after an epoch of training
 
 
-COMMANDS = {
-    "prepare": "Decode the config's data once into prepared arrays (run: prepare --config C).",
-    "fid": "FID between two image folders, CelebA folders or checkpoints (run: fid --help).",
-    "download-weights": "Fetch FID's Inception weights, on a machine with internet (run: download-weights --help).",
-    "generate": "Render faces of a checkpoint or export from seeds, as PNGs or a grid (run: generate --help).",
-    "interpolate": "A latent walk between seeds as a GIF (run: interpolate --help).",
-    "export": "Write a checkpoint's generator as safetensors + config.json (run: export --help).",
-    "serve": "A local web page to play with a generator: Randomize, sliders, save, mix (run: serve --help).",
-}
-TOOLS = ("fid", "download-weights", "generate", "interpolate", "export", "serve")  # plain argparse (tools.py)
-
-
-class ShortErrorParser(LightningArgumentParser):
-    """Says what was wrong in one line (and where --help is) instead of 80 lines of usage first."""
-
-    def print_usage(self, file: Any = None) -> None:
-        pass
-
-    def error(self, message: str, *args: Any, **kwargs: Any) -> Any:
-        if self.exit_on_error:  # the parser that prints; nested ones pass their whole text up to it
-            message = short_error(message)
-        return super().error(message, *args, **kwargs)
-
-
-def short_error(message: str) -> str:
-    """jsonargparse's error, often a tree of every type a value was tried against, as one line.
-
-    A bad value under a class (``--data.batch_size sixty``, ``--model.generator.init_args.width
-    abc``) becomes its full key, the type expected, the value given and the class:
-    ``data.batch_size: expected int, got 'sixty' (in lightning_faces.data.CelebADataModule)``.
-    """
-    # a check inside an argument link (e.g. an unknown attribute name) says what it checked
-    linked = re.match(r"Call to compute_fn of link .*? failed: (.*)", message, flags=re.DOTALL)
-    if linked:
-        return linked.group(1)
-    lines = message.splitlines()
-    keys: list[str] = []
-    class_path, depth, deepest = None, -1, 0
-    for index, line in enumerate(lines):
-        indent = len(line) - len(line.lstrip(" -"))
-        key = re.match(r'\s*(?:- )?Parser key "([^"]+)"', line)
-        given = re.match(r"\s*(?:- )?Problem with given class_path '([^']+)':", line)
-        if key and indent > depth:
-            keys.append(key.group(1))
-            depth, deepest = indent, index
-        elif given and indent > depth:
-            class_path, depth = given.group(1), indent
-            # under a top-level class (data, model) LightningCLI takes keys without init_args
-            keys.append("" if keys in (["data"], ["model"]) else "init_args")
-    reason_lines = [line for line in lines[deepest + 1 :] if len(line) - len(line.lstrip(" -")) > depth]
-    expected = [_type_name(t) for t in re.findall(r"Expected a <class '([^']+)'>", "\n".join(reason_lines))]
-    value = re.search(r"Got value: (.*)|Given value: (.*)", "\n".join(reason_lines))
-    where = f" (in {class_path})" if class_path else ""
-    key_text = ".".join(part for part in keys if part)
-    if expected and value:
-        got = next(group for group in value.groups() if group is not None)
-        return f"{key_text}: expected {' or '.join(dict.fromkeys(expected))}, got {got!r}{where}"
-    if class_path and reason_lines:  # another reason under a class (an unknown key, say): said as it is
-        reason = " ".join(line.strip(" -") for line in reason_lines)
-        return f"{key_text}: {reason}{where}"
-    return message
-
-
-def _type_name(name: str) -> str:
-    return "None" if name == "NoneType" else name.rsplit(".", 1)[-1]
-
-
 def _is_gan(class_path: str) -> bool:
     """Whether a config's ``model.class_path`` names the GAN (or a subclass of it)."""
     module_name, _, name = class_path.rpartition(".")
@@ -343,13 +270,14 @@ def main(args: list[str] | None = None) -> None:
     quiet_known_noise()
     new_process_run()
     try:
-        if argv and argv[0] in TOOLS:
-            from lightning_faces.tools import run_tool
+        first = argv[0] if argv else "--help"
+        if first not in TRAINING and (first in ("-h", "--help") or not first.startswith("-")):
+            from lightning_faces.tools import run_tool  # the whole tree: tools, --help, unknown commands
 
             run_tool(argv)
             return
         check_not_only_overlays(argv)
-        if argv and argv[0] == "prepare":
+        if first == "prepare":
             prepare(argv[1:])
             return
         cli = make_cli(args)

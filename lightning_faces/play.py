@@ -19,6 +19,7 @@ from lightning_faces.data.attributes import parse_attribute_values
 from lightning_faces.errors import FacesError
 from lightning_faces.files import atomic_path
 from lightning_faces.generator import FaceGenerator, load_generator, truncate
+from lightning_faces.parsing import Commands, at_least, named
 
 MAX_IMAGES = 10_000  # per generate command
 MAX_FRAMES = 2_000  # per interpolate command
@@ -44,6 +45,9 @@ def _truncation(text: str) -> float:
     return value
 
 
+truncation = named(_truncation, "psi")  # an argument type: psi in (0, 1]
+
+
 def check_output(path: Path, option: str, kind: str) -> Path:
     """Refuses, in one line and before any work, an output path that cannot become a ``kind``
     ("folder" or "file"): one that exists as the other kind, or one under a file."""
@@ -57,12 +61,14 @@ def check_output(path: Path, option: str, kind: str) -> Path:
     return path
 
 
-def seed(text: str) -> int:
-    """An argparse type: a seed in [0, MAX_SEED]."""
+def _seed(text: str) -> int:
     value = int(text)
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"must be in [0, 2**63 - 1] ({MAX_SEED}), got {value}")
     return value
+
+
+seed = named(_seed, "seed")  # an argument type: a seed in [0, MAX_SEED]
 
 
 def add_source(parser: argparse.ArgumentParser) -> None:
@@ -73,12 +79,12 @@ def add_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def add_arguments(commands: argparse._SubParsersAction, at_least) -> None:
+def add_arguments(commands: Commands) -> None:
     """The ``generate``, ``interpolate`` and ``export`` subcommands."""
     generate = commands.add_parser(
         "generate",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        help="render faces from seeds as PNGs or one grid",
+        help="Render faces of a checkpoint or export from seeds, as PNGs or a grid (run: generate --help).",
         description="Renders faces seed, seed+1, ... as PNG files (or one grid). A seed always gives the same "
         "latent (drawn on the CPU), so the same face. Truncation shrinks each latent toward the mean (z' = psi * z).",
     )
@@ -86,7 +92,7 @@ def add_arguments(commands: argparse._SubParsersAction, at_least) -> None:
     generate.add_argument("--num", type=at_least(1), default=16, help=f"faces to render (at most {MAX_IMAGES})")
     generate.add_argument("--seed", type=seed, default=0, help="the first face's seed, in [0, 2**63 - 1]")
     generate.add_argument("--grid", action="store_true", help="one grid.png instead of one PNG per face")
-    generate.add_argument("--truncation", type=_truncation, default=1.0, help="psi in (0, 1]; 0.7 is usual")
+    generate.add_argument("--truncation", type=truncation, default=1.0, help="psi in (0, 1]; 0.7 is usual")
     generate.add_argument(
         "--attributes",
         default=None,
@@ -98,7 +104,7 @@ def add_arguments(commands: argparse._SubParsersAction, at_least) -> None:
     walk = commands.add_parser(
         "interpolate",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        help="a latent walk through seeds as a GIF",
+        help="A latent walk between seeds as a GIF (run: interpolate --help).",
         description="A GIF that walks from each seed's face to the next (and back to the first), along great "
         "circles of the latent space (spherical interpolation: Gaussian latents keep their typical length).",
     )
@@ -107,7 +113,7 @@ def add_arguments(commands: argparse._SubParsersAction, at_least) -> None:
         "--seeds", type=seed, nargs="+", required=True, help="two or more seeds in [0, 2**63 - 1], in order"
     )
     walk.add_argument("--frames", type=at_least(2), default=60, help="frames from one seed to the next")
-    walk.add_argument("--truncation", type=_truncation, default=1.0, help="psi in (0, 1]")
+    walk.add_argument("--truncation", type=truncation, default=1.0, help="psi in (0, 1]")
     walk.add_argument("--attributes", default=None, help="fixed attribute values (else each seed's, blended)")
     walk.add_argument("--frame-ms", type=at_least(10), default=40, help="milliseconds per frame")
     walk.add_argument("--scale", type=at_least(1), default=2, help="enlarge frames this many times (nearest)")
@@ -115,7 +121,7 @@ def add_arguments(commands: argparse._SubParsersAction, at_least) -> None:
 
     export = commands.add_parser(
         "export",
-        help="the generator alone: safetensors weights + config.json (EMA weights when present)",
+        help="Write a checkpoint's generator as safetensors + config.json (run: export --help).",
         description="Writes OUT/config.json, OUT/model.safetensors and OUT/README.md (huggingface_hub's "
         "PyTorchModelHubMixin layout; push it with `hf upload`). Load it with "
         "lightning_faces.load_generator(OUT): no Lightning, nothing unpickled.",

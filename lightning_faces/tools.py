@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -23,38 +23,23 @@ from lightning_faces.metrics import (
     make_fid,
     real_sample,
 )
+from lightning_faces.parsing import TRAINING, Commands, ShortErrorParser, at_least
 
 if TYPE_CHECKING:
     from lightning_faces.module import GAN
 
 
-class OneLineErrors(argparse.ArgumentParser):
-    """Says what was wrong in one ``error:`` line (exit status 2), as the training commands do."""
-
-    def error(self, message: str) -> NoReturn:
-        raise FacesError(f"{self.prog}: {message} (see {self.prog} --help)")
-
-
-def at_least(minimum: int):
-    """An argparse type: an integer no smaller than ``minimum``."""
-
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    parse.__name__ = "integer"
-    return parse
-
-
-def run_tool(argv: list[str]) -> None:
-    parser = OneLineErrors(prog=program_name())
-    commands = parser.add_subparsers(dest="command", required=True)
+def command_tree() -> ShortErrorParser:
+    """Every command in one parser tree: the training commands listed (their options are
+    LightningCLI's, parsed by ``cli.make_cli``), the tools with their own arguments."""
+    prog = program_name()
+    parser = ShortErrorParser(prog=prog, description="Train GANs on faces, and play with what they learn.")
+    commands = Commands(prog, parser.add_subcommands(required=True, dest="command"))
+    for name, summary in TRAINING.items():
+        commands.add_parser(name, help=summary)
     fid = commands.add_parser(
         "fid",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        help="FID between two sources",
+        help="FID between two image folders, CelebA folders or checkpoints (run: fid --help).",
         description="FID between two sources, each an image folder, a CelebA-layout folder (the one that holds "
         "celeba/) or a checkpoint (sampled), preprocessed as for training.",
     )
@@ -68,7 +53,7 @@ def run_tool(argv: list[str]) -> None:
         default=None,
         help="at most this many images of a folder (a seeded random sample)",
     )
-    fid.add_argument("--split", default="all", help="CelebA split of a CelebA folder (default all)")
+    fid.add_argument("--split", default="all", help="CelebA split of a CelebA folder")
     fid.add_argument(
         "--crop", type=float, default=None, help="crop fraction (default 0.79 for CelebA, 1.0 for folders)"
     )
@@ -87,27 +72,42 @@ def run_tool(argv: list[str]) -> None:
     )
     fid.add_argument("--weights", default=None, help="Inception weights file (default: torch-fidelity's location)")
     fid.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    download = commands.add_parser("download-weights", help="fetch the FID Inception weights (needs internet)")
+    download = commands.add_parser(
+        "download-weights",
+        help="Fetch FID's Inception weights, on a machine with internet (run: download-weights --help).",
+    )
     download.add_argument("--output", default=None, help="where to save (default: where torchmetrics looks)")
     from lightning_faces import app, play
 
-    play.add_arguments(commands, at_least)
-    app.add_arguments(commands, at_least)
-    args = parser.parse_args(argv)
+    play.add_arguments(commands)
+    app.add_arguments(commands)
+    return parser
 
+
+def run_tool(argv: list[str]) -> None:
+    """Parses ``argv`` with the command tree (``--help``, or an unknown command, end here) and
+    runs the tool it names."""
+    config = command_tree().parse_args(argv)
+    args = config[config.command]
+    args.command = config.command
     if args.command in ("generate", "interpolate", "export"):
+        from lightning_faces import play
+
         play.run(args)
         return
     if args.command == "serve":
+        from lightning_faces import app
+
         app.run(args)
         return
-
     if args.command == "download-weights":
         path = download_weights(args.output)
         print(f"Inception weights at {path}")
         if args.output:
             print(f"set fid.feature_extractor_weights_path: {path} in your config")
         return
+    if args.command in TRAINING:  # reached only through command_tree() called directly
+        raise FacesError(f"{args.command} is a training command: run it as {program_name()} {args.command} ...")
     score = compute_fid(args)
     print(f"FID {score:.3f}")
 

@@ -22,7 +22,6 @@ LIGHTNING_PRIVATE = {
     "_last_global_step_saved",  # signals.py: a checkpoint saved on a signal counts as this iteration's
     "_save_last_checkpoint",  # signals.py: last.ckpt saved through the ModelCheckpoint that keeps it
     "_monitor_candidates",  # signals.py: what that save records
-    "_add_subcommands",  # cli.py: the tool commands listed in --help beside Lightning's four
     "_get_next_version",  # loggers.py: a new run claims its version folder by creating it
     "_check_log_dir_exists",  # loggers.py: a resumed run appends to metrics.csv
     "_fs",  # loggers.py: the logger's file system, as Lightning's methods use it
