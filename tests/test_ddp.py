@@ -231,6 +231,19 @@ def test_importing_the_package_changes_no_strategy_name():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def test_after_the_cli_registers_auto_on_several_devices_gives_the_gan_strategy():
+    # what make_cli does before it builds a Trainer; in a fresh interpreter, as the CLI runs
+    code = (
+        "import lightning as L\n"
+        "from lightning_faces.distributed import GANDDPStrategy, register\n"
+        "register()\n"
+        "trainer = L.Trainer(accelerator='cpu', devices=2, logger=False)\n"
+        "assert type(trainer.strategy) is GANDDPStrategy, type(trainer.strategy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_a_plain_ddp_strategy_built_in_python_stops_with_one_line():
     from lightning_faces.errors import FacesError
 
