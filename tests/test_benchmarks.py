@@ -81,7 +81,8 @@ def test_training_benchmark_times_both_loops(fake_celeba, tmp_path):
         ratios = sorted(value / base for value, base in zip(row["rounds"], plain, strict=True))
         assert row["vs plain"] == pytest.approx(ratios[len(ratios) // 2])
     assert result["ratio"] == result["results"][1]["vs plain"]
-    assert json.loads((tmp_path / "train.json").read_text())["ratio"] == pytest.approx(result["ratio"])
+    written = json.loads((tmp_path / "train.json").read_text())
+    assert written["benchmark"] == "train" and written["ratio"] == pytest.approx(result["ratio"])
 
 
 def test_quality_benchmark_trains_each_config_per_seed_and_scores_held_out_images(fake_celeba, tmp_path, capsys):
@@ -97,7 +98,7 @@ def test_quality_benchmark_trains_each_config_per_seed_and_scores_held_out_image
         ("sngan+ema", 0),
         ("sngan+ema", 1),
     ]
-    assert all(row["iterations"] > 0 for row in runs)  # each run trained before it was scored
+    assert all(row["iterations"] > 0 and row["kid_std"] >= 0 for row in runs)  # each run trained, then scored
     for summary in result["summary"]:  # a config's KID is the mean over its seeds, its spread max - min
         kids = [row["kid"] for row in runs if row["config"] == summary["config"]]
         assert summary["KID x 1000 mean"] == pytest.approx(1000 * sum(kids) / len(kids))

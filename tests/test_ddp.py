@@ -218,6 +218,12 @@ def test_the_names_ddp_and_auto_give_the_gan_strategy_with_lightnings_settings()
     assert registry.get("ddp_find_unused_parameters_true").ddp_options["find_unused_parameters"] is True
 
 
+def in_fresh_interpreter(code: str) -> None:
+    """Runs ``code`` in a new Python process (a registry untouched by other tests); it asserts."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_importing_the_package_changes_no_strategy_name():
     # a program that imports lightning_faces only to load a generator keeps Lightning's names
     code = (
@@ -227,8 +233,7 @@ def test_importing_the_package_changes_no_strategy_name():
         "after = {k: (v['strategy'], v['init_params']) for k, v in R.items()}\n"
         "assert before == after, sorted(set(after.items()) ^ set(before.items()), key=str)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    in_fresh_interpreter(code)
 
 
 def test_after_the_cli_registers_auto_on_several_devices_gives_the_gan_strategy():
@@ -240,8 +245,7 @@ def test_after_the_cli_registers_auto_on_several_devices_gives_the_gan_strategy(
         "trainer = L.Trainer(accelerator='cpu', devices=2, logger=False)\n"
         "assert type(trainer.strategy) is GANDDPStrategy, type(trainer.strategy)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    in_fresh_interpreter(code)
 
 
 def test_a_plain_ddp_strategy_built_in_python_stops_with_one_line():
