@@ -148,7 +148,7 @@ def fake_batches(checkpoint: Path, args: argparse.Namespace, device: torch.devic
     seeded = torch.Generator(device=device).manual_seed(1234)  # the same latents for every run
     for start in range(0, args.samples, args.batch_size):
         count = min(args.batch_size, args.samples - start)
-        yield to_uint8(model.generate(model.sample_latents(count, seeded), model.sample_attributes(count, seeded)))
+        yield to_uint8(model.generate(*model.genes.sample(count, seeded)))
 
 
 def score(real: torch.Tensor, fake: torch.Tensor, args: argparse.Namespace) -> dict[str, float]:

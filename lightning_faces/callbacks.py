@@ -69,7 +69,7 @@ class SampleGrid(_InRunFolder, Periodic):
     def evaluate(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         """Renders and saves this iteration's grid. Every rank renders (a few dozen samples; the
         EMA's statistics are then refreshed at the same iteration on every rank), rank 0 writes."""
-        images = to_uint8(module.generate(module.fixed_latents, module.fixed_attributes))  # (N, 3, S, S)
+        images = to_uint8(module.generate(*module.genes.fixed()))  # (N, 3, S, S)
         if not trainer.is_global_zero:
             return
         path = self.path(trainer)
@@ -99,7 +99,7 @@ def attribute_grid(module: L.LightningModule, min_cell_size: int = 64, rows: int
     see ``data.attributes.switch_on``); the attribute's name heads its column.
     """
     names = list(module.attribute_names)
-    latents, base = module.fixed_latents[:rows], module.fixed_attributes[:rows]  # (R, Z), (R, A)
+    latents, base = (genes[:rows] for genes in module.genes.fixed())  # (R, Z), (R, A)
     columns = [base] + [switch_on(base, names, name) for name in names]
     attributes = torch.stack(columns, dim=1).flatten(0, 1)  # (R * (A + 1), A), row by row
     images = to_uint8(module.generate(latents.repeat_interleave(len(columns), dim=0), attributes))

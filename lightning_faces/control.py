@@ -53,7 +53,7 @@ def switch_effects(
     diagonal and small entries elsewhere (except for attributes exclusive with k)."""
     names = list(gan.attribute_names)
     seeded = torch.Generator(gan.device).manual_seed(seed)
-    latents, base = gan.sample_latents(count, seeded), gan.sample_attributes(count, seeded)
+    latents, base = gan.genes.sample(count, seeded)
     classifier = classifier.to(gan.device).eval()
     rows = []
     for column, name in enumerate(names):
@@ -118,10 +118,8 @@ class AttributeAccuracy(Periodic):
         classifier = self.classifier.to(module.device).eval()
         if self._samples is None:
             seeded = torch.Generator(module.device).manual_seed(20_000)
-            self._samples = (
-                module.sample_latents(self.num_samples, seeded).cpu(),
-                module.sample_attributes(self.num_samples, seeded).cpu(),
-            )
+            latents, attributes = module.genes.sample(self.num_samples, seeded)
+            self._samples = (latents.cpu(), attributes.cpu())
         mine = slice(trainer.global_rank, None, trainer.world_size)
         latents, asked = self._samples[0][mine], self._samples[1][mine]
         correct = torch.zeros(len(self.columns), device=module.device)

@@ -134,3 +134,12 @@ def average_over_ranks(tensors: list[torch.Tensor]) -> None:
     flat /= dist.get_world_size()
     for tensor, value in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
         tensor.copy_(value.view_as(tensor))
+
+
+def check_sync_batchnorm(module: nn.Module, device: torch.device) -> None:
+    """Refuses, in one line, SyncBatchNorm layers (``trainer.sync_batchnorm``) on a CPU."""
+    if device.type == "cpu" and any(isinstance(m, nn.SyncBatchNorm) for m in module.modules()):
+        raise FacesError(
+            "trainer.sync_batchnorm needs GPUs (torch's SyncBatchNorm does not run on CPU): "
+            "on CPU set it to false, or give the networks norm: virtual or none"
+        )

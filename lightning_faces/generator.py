@@ -201,7 +201,7 @@ def from_checkpoint(path: str | Path, ema: bool = True) -> FaceGenerator:
     spec = dict(gan_settings(checkpoint, path)["generator"])
     spec["init_args"] = {**(spec.get("init_args") or {}), "image_size": model.image_size}
     spec["init_args"]["attributes"] = list(model.attribute_names)
-    pool = model.attribute_pool if model.attribute_names else torch.zeros(0, 0)
+    pool = model.genes.attribute_pool if model.attribute_names else torch.zeros(0, 0)
     generator = FaceGenerator(
         spec,
         list(model.attribute_names),

@@ -323,7 +323,7 @@ class FID(Periodic):
         if self._fixed_latents is None or self._fixed_latents.shape != (self.num_samples, module.latent_dim):
             seeded = torch.Generator().manual_seed(10_000)
             self._fixed_latents = torch.randn(self.num_samples, module.latent_dim, generator=seeded)
-            rows = module.sample_attributes(self.num_samples, torch.Generator(module.device).manual_seed(10_001))
+            rows = module.genes.attributes(self.num_samples, torch.Generator(module.device).manual_seed(10_001))
             self._fixed_attributes = None if rows is None else rows.cpu()
         return self._fixed_latents, self._fixed_attributes
 

@@ -13,26 +13,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
-from lightning_faces import objectives
 from lightning_faces.augment import DiffAugment
 from lightning_faces.checkpoint import built_settings, describe_settings, load_checkpoint
-from lightning_faces.data.images import to_float, to_uint8
-from lightning_faces.distributed import average_over_ranks, batch_norm_statistics, check_strategy, world_and_rank
+from lightning_faces.data.images import to_uint8
+from lightning_faces.distributed import (
+    average_over_ranks,
+    batch_norm_statistics,
+    check_strategy,
+    check_sync_batchnorm,
+)
 from lightning_faces.ema import EMA
 from lightning_faces.errors import FacesError
 from lightning_faces.growth import Grower, Growth, enlarge
 from lightning_faces.nets.contract import Scores
-from lightning_faces.nets.virtual_batch_norm import uses_virtual_batch_norm
+from lightning_faces.nets.virtual_batch_norm import reference_from_data, uses_virtual_batch_norm
 from lightning_faces.objectives import AttributeLoss, NonSaturating, Objective
-from lightning_faces.regularizers import FeatureMatching, Regularizer, Step
-from lightning_faces.sampling import seed_genes, training_latents
-
-ATTRIBUTE_POOL_SIZE = 10_000  # real attribute rows a conditional GAN keeps to sample from
+from lightning_faces.regularizers import FeatureMatching, Regularizer, Step, penalties
+from lightning_faces.sampling import Genes
 
 
 def dcgan_adam(params: Any) -> torch.optim.Optimizer:
@@ -45,48 +46,39 @@ class GAN(L.LightningModule):
 
     Each batch is one iteration (``training_step``): D's update, then (every
     ``d_steps_per_g_step``-th batch) G's, then G's average. ``trainer.global_step`` counts
-    iterations: D's optimizer step, the one Lightning counts, runs once in each (see
-    ``training_step``), so ``max_steps``, ``val_check_interval`` and checkpoint intervals all
-    count iterations. Under DDP an iteration is one batch on every rank.
-
-    Training latents are drawn per iteration from ``(seed, iteration)`` for the global batch,
-    each rank taking its own slice (``training_latents``): a resumed run draws what the
-    uninterrupted run would have, and W ranks with batch B draw what one process with W*B does.
+    iterations (D's optimizer step, the one Lightning counts, runs once in each), so
+    ``max_steps``, ``val_check_interval`` and checkpoint intervals count iterations. Under DDP
+    an iteration is one batch on every rank. Latents are drawn from ``(seed, iteration)`` for
+    the global batch, each rank taking its slice (``sampling.Genes``): a resumed run draws what
+    the uninterrupted one would have, and W ranks with batch B draw what one process with W*B does.
 
     Args:
         generator: G, e.g. ``nets.DCGANGenerator`` or ``nets.ResNetGenerator``.
         discriminator: D, e.g. ``nets.DCGANDiscriminator`` or ``nets.ResNetDiscriminator``.
         objective: D's and G's losses; ``None`` is ``NonSaturating()`` (DCGAN's).
-        d_regularizers: penalties added to D's loss (``R1``, ``GradientPenalty``,
-            ``HistoricalAveraging``).
+        d_regularizers: penalties added to D's loss (``R1``, ``GradientPenalty``, ``HistoricalAveraging``).
         g_regularizers: penalties added to G's loss (``FeatureMatching``, ``HistoricalAveraging``).
         augment: applied to real and fake images before D in training (``DiffAugment``).
-        attribute_loss: the auxiliary classifier's loss, for a D with ``conditioning:
-            auxiliary`` (``None``: ``AttributeLoss()``, weight 1).
-        g_optimizer: optimizer for G; ``None`` is Adam(lr=2e-4, betas=(0.5, 0.999)).
-        d_optimizer: optimizer for D; ``None`` likewise.
+        attribute_loss: the auxiliary classifier's loss, for a D with ``conditioning: auxiliary``
+            (``None``: ``AttributeLoss()``, weight 1).
+        g_optimizer, d_optimizer: G's and D's optimizers; ``None`` is Adam(lr=2e-4, betas=(0.5, 0.999)).
         lr_decay: ``linear`` lowers both learning rates linearly to 0 at ``trainer.max_steps``
             (SNGAN's schedule); ``none`` keeps them.
         adversarial_weight: weight of G's adversarial loss (0 with feature matching alone).
-        d_steps_per_g_step: update G only every k-th batch, D every batch (SNGAN's n_dis: each
-            D step on its own real batch, as in the paper).
-        g_steps_per_d_step: update G k times per batch, each on fresh latents.
+        d_steps_per_g_step: update G only every k-th batch, D every batch (SNGAN's n_dis).
+        g_steps_per_d_step: update G k times per batch, each time after the first on fresh latents.
         d_skip_accuracy: skip D's update on batches where its accuracy is above this.
         gradient_clip_norm: clip each player's gradient norm to this (``None``: no clipping).
-        ema_decay: keep an exponential moving average of G's weights with this decay (e.g.
-            0.999) and use it for samples and FID; ``None`` turns it off (``ema.EMA``).
-        ema_statistics_samples: latents the EMA generator's batch-norm statistics are estimated
-            from, in batches of 64.
+        ema_decay: keep an average of G's weights with this decay (e.g. 0.999) for samples and
+            FID (``ema.EMA``); ``None``: none.
+        ema_statistics_samples: latents the average's batch-norm statistics are estimated from.
         vbn_reference_size: examples in the reference batches of networks with virtual batch norm.
         num_fixed_samples: size of the fixed latent batch rendered as a grid of samples.
-        fresh_latents: G's update draws latents of its own and runs G again (two G forward passes
-            per iteration). ``False`` (the default) updates G on the fakes D was just trained
-            on, as the classic DCGAN loop does: one G pass, the same distribution of latents.
-        channels_last: keep G, D and the image batches in channels-last memory layout. ``None``
-            (the default) turns it on where it was measured to help: on CPUs (1.2x for DCGAN
-            64x64 in fp32, see README "Speed"); on GPUs it is off unless set ``True``.
-        compile: compile G and D with ``torch.compile`` at the start of fit (slow first
-            iterations, then faster ones on a GPU; checkpoints keep the same keys).
+        fresh_latents: G's update draws latents of its own (two G passes per iteration);
+            ``False`` updates G on the fakes D was just trained on, as the classic DCGAN loop does.
+        channels_last: channels-last memory layout for G, D and the batches. ``None``: on CPUs,
+            where it was measured faster (docs/benchmarks.md), off on GPUs.
+        compile: compile G and D with ``torch.compile`` at the start of fit (the same checkpoint keys).
         growth: grow G and D from a low resolution to the data's, ProGAN's way (``growth.Growth``;
             networks from ``nets.progressive``). ``None``: train at the data's resolution throughout.
         seed: seeds the training latents, the fixed latents and the virtual-batch-norm references.
@@ -142,17 +134,15 @@ class GAN(L.LightningModule):
         classifies = bool(head is not None and head.classifies)  # AC-GAN: D predicts attributes
         self.attribute_loss = attribute_loss if attribute_loss is not None or not classifies else AttributeLoss()
         seeded = torch.Generator().manual_seed(seed)
-        self.register_buffer("fixed_latents", torch.randn(num_fixed_samples, self.latent_dim, generator=seeded))
-        if self.attribute_names:  # real attribute rows (0/1), drawn from the training data when fit starts
-            self.register_buffer("attribute_pool", torch.zeros(ATTRIBUTE_POOL_SIZE, len(self.attribute_names)))
+        fixed_latents = torch.randn(num_fixed_samples, int(generator.latent_dim), generator=seeded)
+        self.genes = Genes(fixed_latents, self.attribute_names, seed)
         if uses_virtual_batch_norm(generator):
             generator.set_reference(torch.randn(vbn_reference_size, self.latent_dim, generator=seeded))
         self.ema = EMA(generator, ema_decay, ema_statistics_samples) if ema_decay is not None else None
         if self.ema is not None:
             self.generator_ema = self.ema.network  # registered here: its keys in checkpoints
         self.growth = growth
-        nets = [generator, discriminator] + ([self.generator_ema] if self.ema else [])
-        self.grower = Grower(growth, nets, self.image_size) if growth is not None else None
+        self.grower = Grower(growth, self._networks(), self.image_size) if growth is not None else None
         self.iteration = 0  # batches trained on; saved in checkpoints
         self.progress: dict[str, float] = {}  # host numbers for the progress bar (callbacks.ProgressBar)
         self._replicas: dict[str, nn.Module] = {}  # DDP wrappers of G and D (distributed.GANDDPStrategy)
@@ -190,23 +180,23 @@ class GAN(L.LightningModule):
         """Real images trained on over all ranks (what the growth schedule follows)."""
         return self.grower.images_shown if self.grower is not None else 0
 
+    def _networks(self) -> list[nn.Module]:
+        return [self.generator, self.discriminator] + ([self.generator_ema] if self.ema else [])
+
     def setup(self, stage: str) -> None:
         check_strategy(self.trainer.strategy)
-        nets = [self.generator, self.discriminator] + ([self.generator_ema] if self.ema else [])
-        self._channels_last = self.hparams.channels_last
-        if self._channels_last is None:  # measured faster on CPUs only (README "Speed")
-            self._channels_last = self.trainer.strategy.root_device.type == "cpu"
         if self.hparams.d_skip_accuracy is not None and self.trainer.precision == "16-mixed":
             raise FacesError(
                 "model.d_skip_accuracy cannot run with trainer.precision 16-mixed (its gradient scaler needs "
                 "gradients at every D step): use bf16-mixed or 32-true, or remove d_skip_accuracy"
             )
-        if self._channels_last:
-            for net in nets:
-                net.to(memory_format=torch.channels_last)
-        if self.hparams.compile and stage == "fit":
-            for net in nets[:2]:
-                net.compile()  # in place: the module (and its state_dict keys) stay the same; twice is harmless
+        self._channels_last = self.hparams.channels_last
+        if self._channels_last is None:  # measured faster on CPUs only (docs/benchmarks.md)
+            self._channels_last = self.trainer.strategy.root_device.type == "cpu"
+        for net in self._networks() if self._channels_last else ():
+            net.to(memory_format=torch.channels_last)
+        for net in self._networks()[:2] if self.hparams.compile and stage == "fit" else ():
+            net.compile()  # in place: the module (and its state_dict keys) stay the same; twice is harmless
 
     def distribute(self, wrap: Any) -> None:
         """Runs training passes through ``wrap(G)`` and ``wrap(D)`` (DDP); ``None`` undoes it.
@@ -226,7 +216,7 @@ class GAN(L.LightningModule):
         return optimizers, [{"scheduler": s, "interval": "step"} for s in schedulers]
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        hp = self.hparams
+        hp, genes, t = self.hparams, self.genes, self.iteration
         real, real_attributes = batch  # (B, 3, S, S) in [-1, 1]; (B, A) in {0, 1}, A = 0 unconditional
         d_opt, g_opt = self.optimizers()
         logs: dict[str, torch.Tensor] = {}
@@ -236,23 +226,20 @@ class GAN(L.LightningModule):
             self.log_dict(growth)
         if self._channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
-        real_labels = self._labels(real_attributes)
+        real_labels = genes.labels(real_attributes, self.dtype)
         # a player's own passes go through its DDP wrapper (the plain network in one process),
         # so that its backward averages its gradients over ranks
         g_ddp, d_ddp = self._replicas.get("g", self.generator), self._replicas.get("d", self.discriminator)
-        update_g = (self.iteration + 1) % hp.d_steps_per_g_step == 0
+        update_g = (t + 1) % hp.d_steps_per_g_step == 0
 
         # 0. Latents, and the attributes asked of G, drawn from (seed, iteration, slot). G's
         # update reuses these fakes (one G pass per iteration, the classic DCGAN loop) unless
         # fresh_latents or no G update this iteration: then they are made without gradients.
-        fake_labels = self.fake_attributes(real_labels, slot=0)
-        latents = self.training_latents(real.shape[0], slot=0)
+        fake_labels = genes.shuffled(real_labels, t, slot=0)
+        latents = genes.for_iteration(real.shape[0], t, slot=0)
         reuse_fakes = update_g and not hp.fresh_latents
-        if reuse_fakes:
-            fake = g_ddp(latents, fake_labels)
-        else:
-            with torch.no_grad():
-                fake = self.generator(latents, fake_labels)
+        with torch.set_grad_enabled(reuse_fakes):
+            fake = (g_ddp if reuse_fakes else self.generator)(latents, fake_labels)
 
         # 1. D learns to tell real from G's current fakes (detached: D's update leaves G alone)
         def d_scores(images: torch.Tensor, labels: torch.Tensor | None = real_labels) -> Scores:
@@ -264,20 +251,17 @@ class GAN(L.LightningModule):
             attribute_loss = self.attribute_loss.discriminator_loss(real_scores.attribute_logits, real_labels)
             logs["train/d_attribute_loss"] = attribute_loss.detach()
             d_loss = d_loss + attribute_loss
-        accuracy = objectives.accuracy(
-            real_scores.logits.detach(), fake_scores.logits.detach(), self.objective.threshold
-        )
-        skip_d = self._skip_discriminator(accuracy)
+        readings = self.objective.readings(real_scores.logits.detach(), fake_scores.logits.detach())
+        skip_d = self._skip_discriminator(readings["d_accuracy"])
         d_opt.zero_grad(set_to_none=True)
         if not skip_d:
             step = Step(net=self.discriminator, real=real, fake=fake.detach(), fake_features=fake_scores.features,
-                        score=d_scores, d_steps=self.iteration)  # fmt: skip
-            self.manual_backward(d_loss + self._penalties(self.d_regularizers, step, "d", logs))
+                        score=d_scores, d_steps=t)  # fmt: skip
+            self.manual_backward(d_loss + penalties(self.d_regularizers, step, "d", logs))
             self._prepare_gradients(self.discriminator, d_opt)
         d_opt.step()  # Lightning counts this step: global_step counts iterations (skipped: no gradients)
-        if not skip_d:
-            for regularizer in self.d_regularizers:
-                regularizer.after_step(self.discriminator)
+        for regularizer in self.d_regularizers if not skip_d else ():
+            regularizer.after_step(self.discriminator)
 
         # 2. G learns to fool the D just updated, every k-th batch (or k times a batch, each
         # time after the first on fresh latents); D is frozen and scores G's fakes without DDP
@@ -287,8 +271,8 @@ class GAN(L.LightningModule):
         for g_step in range(hp.g_steps_per_d_step) if update_g else ():
             with self.toggled_optimizer(g_opt):
                 if g_step > 0 or not reuse_fakes:
-                    fake_labels = self.fake_attributes(real_labels, slot=1 + g_step)
-                    fake = g_ddp(self.training_latents(real.shape[0], slot=1 + g_step), fake_labels)
+                    fake_labels = genes.shuffled(real_labels, t, slot=1 + g_step)
+                    fake = g_ddp(genes.for_iteration(real.shape[0], t, slot=1 + g_step), fake_labels)
                 g_fake_scores = g_scores(fake, fake_labels)
                 g_loss = hp.adversarial_weight * self.objective.generator_loss(
                     real_scores.logits.detach(), g_fake_scores.logits
@@ -298,8 +282,8 @@ class GAN(L.LightningModule):
                     logs["train/g_attribute_loss"] = attribute_loss.detach()
                     g_loss = g_loss + attribute_loss
                 step = Step(net=self.generator, real=real, fake=fake, fake_features=g_fake_scores.features,
-                            score=g_scores, d_steps=self.iteration)  # fmt: skip
-                g_loss = g_loss + self._penalties(self.g_regularizers, step, "g", logs)
+                            score=g_scores, d_steps=t)  # fmt: skip
+                g_loss = g_loss + penalties(self.g_regularizers, step, "g", logs)
                 g_opt.zero_grad(set_to_none=True)
                 self.manual_backward(g_loss)
                 self._prepare_gradients(self.generator, g_opt)
@@ -315,10 +299,8 @@ class GAN(L.LightningModule):
             average_over_ranks(batch_norm_statistics([self.generator, self.discriminator]))
         for scheduler in self._schedulers():
             scheduler.step()
-        logs["train/d_loss"], logs["train/d_accuracy"] = d_loss.detach(), accuracy
-        logs["train/d_real"] = self.objective.probability(real_scores.logits.detach()).mean()  # mean D(x)
-        logs["train/d_fake"] = self.objective.probability(fake_scores.logits.detach()).mean()  # mean D(G(z))
-        logs["train/d_skipped"] = torch.tensor(float(skip_d))
+        logs.update({f"train/{name}": value for name, value in readings.items()})  # mean D(x), D(G(z)), accuracy
+        logs["train/d_loss"], logs["train/d_skipped"] = d_loss.detach(), torch.tensor(float(skip_d))
         self.log_dict(logs)  # tensors: the loggers read them on the host at logging intervals only
         self._show_progress(logs)
         self.iteration += 1
@@ -346,17 +328,6 @@ class GAN(L.LightningModule):
                 optimizer, gradient_clip_val=self.hparams.gradient_clip_norm, gradient_clip_algorithm="norm"
             )
 
-    @staticmethod
-    def _penalties(regularizers: nn.ModuleList, step: Step, player: str, logs: dict[str, torch.Tensor]) -> Any:
-        """The sum of the player's penalties that apply at this step (0 when none); logs each."""
-        total: Any = 0.0
-        for regularizer in regularizers:
-            penalty = regularizer.penalty(step)
-            if penalty is not None:
-                logs[f"train/{player}_{regularizer.name}"] = penalty.detach()
-                total = total + penalty
-        return total
-
     def _schedulers(self) -> list[Any]:
         if self.hparams.lr_decay == "none":
             return []
@@ -372,49 +343,12 @@ class GAN(L.LightningModule):
             if self.grower is not None:
                 self.progress.update(res=self.generator.resolution, alpha=float(self.generator.alpha))
 
-    def _labels(self, attributes: torch.Tensor) -> torch.Tensor | None:
-        """A batch's attributes as the networks take them: None for an unconditional GAN."""
-        return attributes.to(self.dtype) if self.attribute_names else None
-
-    def training_latents(self, count: int, slot: int) -> torch.Tensor:
-        """This rank's ``count`` latents of the global batch for this iteration and use (slot)."""
-        world, rank = world_and_rank()
-        return training_latents(
-            self.hparams.seed, self.iteration, slot, count, self.latent_dim, world, rank, self.device
-        )
-
-    def fake_attributes(self, real_labels: torch.Tensor | None, slot: int) -> torch.Tensor | None:
-        """The attributes G is asked for in training: the real batch's rows in a random order
-        drawn from (seed, iteration, slot), so never an impossible combination."""
-        if real_labels is None:
-            return None
-        key = np.random.SeedSequence([self.hparams.seed, self.iteration, slot, 1]).generate_state(1, np.uint64)[0]
-        order = torch.randperm(real_labels.shape[0], generator=torch.Generator().manual_seed(int(key >> 1)))
-        return real_labels[order.to(real_labels.device)]
-
-    def sample_latents(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draws z ~ N(0, I): (count, latent_dim) on the module's device."""
-        return torch.randn(count, self.latent_dim, device=self.device, generator=generator)
-
-    def sample_attributes(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
-        """``count`` real attribute rows (count, A) drawn from the pool; None when unconditional."""
-        if not self.attribute_names:
-            return None
-        pool = self.attribute_pool
-        return pool[torch.randint(len(pool), (count,), device=pool.device, generator=generator)]
-
-    @property
-    def fixed_attributes(self) -> torch.Tensor | None:
-        """The attributes of the fixed latents (the pool's first rows); None when unconditional."""
-        return self.attribute_pool[: len(self.fixed_latents)] if self.attribute_names else None
-
     def sampler(self, ema: bool = True) -> nn.Module:
         """The network samples come from: G's average when there is one (unless ``ema`` is
         False), its batch-norm statistics estimated for its own weights first; else G."""
         if not ema or self.ema is None:
             return self.generator
-        genes = lambda count, rng: (self.sample_latents(count, rng), self.sample_attributes(count, rng))  # noqa: E731
-        self.ema.refresh_statistics(genes, self.hparams.seed + 2, self.iteration)
+        self.ema.refresh_statistics(self.genes.sample, self.hparams.seed + 2, self.iteration)
         return self.generator_ema
 
     @torch.no_grad()
@@ -422,8 +356,7 @@ class GAN(L.LightningModule):
         """Renders latents (B, latent_dim) into images (B, 3, S, S) in [-1, 1], in eval mode.
 
         A conditional GAN needs ``attributes`` (B, A) in {0, 1}, in the order of
-        ``attribute_names``. Uses G's average when there is one (unless ``ema`` is False),
-        with batch-norm statistics estimated for its own weights first.
+        ``attribute_names``. Uses ``sampler(ema)``: G's average when there is one.
         """
         if self.attribute_names and attributes is None:
             raise FacesError(f"this GAN is conditioned on {', '.join(self.attribute_names)}: pass their values")
@@ -437,8 +370,8 @@ class GAN(L.LightningModule):
             generator.train(was_training)
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
-        """Turns seeds into images as ``generate`` does (``generator.seed_genes``): seed i gives
-        the same face, with the attribute values asked for (``data.predict_attributes``)."""
+        """Turns seeds into images as ``generate`` does (``Genes.for_seeds``): seed i gives the
+        same face, with the attribute values asked for (``data.predict_attributes``)."""
         seeds, values, asked = batch if isinstance(batch, (list, tuple)) else (batch, None, None)
         wanted = {}
         if self.attribute_names:
@@ -447,8 +380,7 @@ class GAN(L.LightningModule):
                     f"the model is conditioned on {' '.join(self.attribute_names)}: set data.attributes to them"
                 )
             wanted = {name: float(values[0, c]) for c, name in enumerate(self.attribute_names) if asked[0, c]}
-        pool = self.attribute_pool if self.attribute_names else torch.zeros(0, 0)
-        latents, attributes = seed_genes(seeds.tolist(), self.latent_dim, self.attribute_names, pool, wanted)
+        latents, attributes = self.genes.for_seeds(seeds.tolist(), wanted)
         return {"indices": seeds.cpu(), "images": to_uint8(self.generate(latents, attributes)).cpu()}
 
     # validation and test: D's view of held-out real images against fresh fakes
@@ -462,47 +394,30 @@ class GAN(L.LightningModule):
         real, real_attributes = batch
         if self.grower is not None:
             real = self.grower.as_trained(real)
-        real_labels = self._labels(real_attributes)
-        fake_labels = self.fake_attributes(real_labels, slot=batch_idx)
+        real_labels = self.genes.labels(real_attributes, self.dtype)
+        fake_labels = self.genes.shuffled(real_labels, self.iteration, slot=batch_idx)
         # the same latents for batch i at every evaluation, so numbers compare across epochs
         # (and different latents on each rank, whose batch i holds different images)
         rank, world = self.trainer.global_rank, self.trainer.world_size
         seeded = torch.Generator(device=self.device).manual_seed(self.hparams.seed + 1 + batch_idx * world + rank)
-        fake = self.generator(self.sample_latents(real.shape[0], seeded), fake_labels)
+        fake = self.generator(self.genes.latents(real.shape[0], seeded), fake_labels)
         real_logits = self.discriminator(real, real_labels).logits
         fake_logits = self.discriminator(fake, fake_labels).logits
         objective = self.objective  # in eval mode here: no label smoothing
         metrics = {
-            f"{prefix}/d_loss": objective.discriminator_loss(real_logits, fake_logits),
-            f"{prefix}/g_loss": objective.generator_loss(real_logits, fake_logits),
-            f"{prefix}/d_real": objective.probability(real_logits).mean(),
-            f"{prefix}/d_fake": objective.probability(fake_logits).mean(),
-            f"{prefix}/d_accuracy": objectives.accuracy(real_logits, fake_logits, objective.threshold),
+            "d_loss": objective.discriminator_loss(real_logits, fake_logits),
+            "g_loss": objective.generator_loss(real_logits, fake_logits),
+            **objective.readings(real_logits, fake_logits),
         }
+        metrics = {f"{prefix}/{name}": value for name, value in metrics.items()}
         self.log_dict(metrics, on_epoch=True, batch_size=real.shape[0], sync_dist=True)
 
     def on_fit_start(self) -> None:
-        if self.device.type == "cpu" and any(isinstance(m, nn.SyncBatchNorm) for m in self.modules()):
-            raise FacesError(
-                "trainer.sync_batchnorm needs GPUs (torch's SyncBatchNorm does not run on CPU): "
-                "on CPU set it to false, or give the networks norm: virtual or none"
-            )
+        check_sync_batchnorm(self, self.device)
         data = self.trainer.datamodule
-        if self.attribute_names and self.iteration == 0:
-            names = tuple(getattr(data, "attributes", ()))
-            if names != self.attribute_names:
-                raise FacesError(
-                    f"the GAN is conditioned on {list(self.attribute_names)} but data.attributes is {list(names)}: "
-                    "set data.attributes to the GAN's"
-                )
-            self.attribute_pool.copy_(data.attribute_rows(ATTRIBUTE_POOL_SIZE, self.hparams.seed))
-        if uses_virtual_batch_norm(self.discriminator) and self.discriminator.reference is None:
-            if not hasattr(data, "reference_images"):
-                raise FacesError(
-                    "virtual batch norm in D needs a datamodule with reference_images (the lightning_faces ones)"
-                )
-            images = data.reference_images(self.hparams.vbn_reference_size, self.hparams.seed)
-            self.discriminator.set_reference(to_float(images.to(self.device)))
+        if self.iteration == 0:
+            self.genes.fill_pool(data)  # a conditional GAN's attribute rows, from the training data
+        reference_from_data(self.discriminator, data, self.hparams.vbn_reference_size, self.hparams.seed)
         if self.grower is not None:
             self.grower.start(getattr(data, "batch_size", None))
 
@@ -516,8 +431,11 @@ class GAN(L.LightningModule):
             self.grower.images_shown = int(checkpoint.get("images_shown", 0))
         if self.ema is not None:
             self.ema.forget_statistics()
-        # reference batches are buffers that start empty: give them the saved shapes first
         state = checkpoint["state_dict"]
+        for name in ("fixed_latents", "attribute_pool"):  # their keys in checkpoints of 0.4
+            if name in state:
+                state[f"genes.{name}"] = state.pop(name)
+        # reference batches are buffers that start empty: give them the saved shapes first
         for name in ("generator", "discriminator", "generator_ema"):
             if f"{name}.reference" in state:
                 getattr(self, name).set_reference(state[f"{name}.reference"])

@@ -121,6 +121,14 @@ class Objective(nn.Module):
     def probability(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits)
 
+    def readings(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the logs show of D's scores: mean D(x), mean D(G(z)) and D's accuracy."""
+        return {
+            "d_real": self.probability(real_logits).mean(),
+            "d_fake": self.probability(fake_logits).mean(),
+            "d_accuracy": accuracy(real_logits, fake_logits, self.threshold),
+        }
+
 
 class NonSaturating(Objective):
     """The original GAN: D's binary cross-entropy, G's non-saturating loss (DCGAN's objective).

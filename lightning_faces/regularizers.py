@@ -7,8 +7,9 @@ weighted; the step logs it as ``train/{d,g}_<name>``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -64,6 +65,18 @@ def gradient_norm_penalty(score: Score, real: torch.Tensor, fake: torch.Tensor) 
 
 
 # -- regularizers ----------------------------------------------------------------------------
+
+
+def penalties(regularizers: Iterable[Regularizer], step: Step, player: str, logs: dict[str, torch.Tensor]) -> Any:
+    """The sum of the penalties that apply at this step (0 when none), each logged as
+    ``train/<player>_<name>``."""
+    total: Any = 0.0
+    for regularizer in regularizers:
+        penalty = regularizer.penalty(step)
+        if penalty is not None:
+            logs[f"train/{player}_{regularizer.name}"] = penalty.detach()
+            total = total + penalty
+    return total
 
 
 class Regularizer(nn.Module):

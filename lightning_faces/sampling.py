@@ -3,6 +3,8 @@
 A seed gives the same face in every command: ``generate``, ``interpolate``, ``serve`` and
 ``predict`` all go through ``seed_genes``. Training draws its latents from ``(seed, iteration,
 slot)`` (``training_latents``), so a resumed run draws what the uninterrupted one would have.
+``Genes`` keeps, for one GAN, what these draw from: its fixed latents and, for a conditional
+GAN, the pool of real attribute rows.
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from lightning_faces.data.attributes import switch_on
+from lightning_faces.distributed import world_and_rank
 from lightning_faces.errors import FacesError
+
+ATTRIBUTE_POOL_SIZE = 10_000  # real attribute rows a conditional GAN keeps to sample from
 
 
 def training_latents(
@@ -69,3 +75,85 @@ def with_values(rows: torch.Tensor, names: Sequence[str], values: dict[str, floa
     for name, value in values.items():
         rows[:, list(names).index(name)] = float(value)
     return rows
+
+
+class Genes(nn.Module):
+    """A GAN's inputs to G: N(0, I) latents and, when G is conditional, attribute rows.
+
+    Attributes asked of G are always rows of real faces, never an impossible combination: in
+    training the real batch's rows shuffled (``shuffled``), elsewhere rows of a pool drawn from
+    the training data when fit starts (``fill_pool``), kept in checkpoints. Also keeps the fixed
+    latents the sample grids render.
+
+    Args:
+        fixed_latents: (N, latent_dim), the latents of the grids of samples.
+        names: the attributes G is conditioned on, in its order (empty: unconditional).
+        seed: the run's seed; training latents and shuffles are drawn from it and the iteration.
+    """
+
+    def __init__(self, fixed_latents: torch.Tensor, names: Sequence[str] = (), seed: int = 0) -> None:
+        super().__init__()
+        self.latent_dim, self.names, self.seed = fixed_latents.shape[1], tuple(names), seed
+        self.register_buffer("fixed_latents", fixed_latents)
+        if self.names:
+            self.register_buffer("attribute_pool", torch.zeros(ATTRIBUTE_POOL_SIZE, len(self.names)))
+
+    @property
+    def device(self) -> torch.device:
+        return self.fixed_latents.device
+
+    def labels(self, attributes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        """A batch's attributes as the networks take them: None when unconditional."""
+        return attributes.to(dtype) if self.names else None
+
+    def for_iteration(self, count: int, iteration: int, slot: int) -> torch.Tensor:
+        """This rank's ``count`` latents of the global batch of an iteration, for one use (slot)."""
+        world, rank = world_and_rank()
+        return training_latents(self.seed, iteration, slot, count, self.latent_dim, world, rank, self.device)
+
+    def shuffled(self, labels: torch.Tensor | None, iteration: int, slot: int) -> torch.Tensor | None:
+        """The attributes G is asked for in training: the real batch's rows in an order drawn
+        from (seed, iteration, slot)."""
+        if labels is None:
+            return None
+        key = np.random.SeedSequence([self.seed, iteration, slot, 1]).generate_state(1, np.uint64)[0]
+        order = torch.randperm(labels.shape[0], generator=torch.Generator().manual_seed(int(key >> 1)))
+        return labels[order.to(labels.device)]
+
+    def latents(self, count: int, rng: torch.Generator | None = None) -> torch.Tensor:
+        """z ~ N(0, I): (count, latent_dim) on the GAN's device."""
+        return torch.randn(count, self.latent_dim, device=self.device, generator=rng)
+
+    def attributes(self, count: int, rng: torch.Generator | None = None) -> torch.Tensor | None:
+        """``count`` rows (count, A) drawn from the pool; None when unconditional."""
+        if not self.names:
+            return None
+        pool = self.attribute_pool
+        return pool[torch.randint(len(pool), (count,), device=pool.device, generator=rng)]
+
+    def sample(self, count: int, rng: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``count`` latents, then ``count`` attribute rows, both drawn from ``rng``."""
+        return self.latents(count, rng), self.attributes(count, rng)
+
+    def fixed(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The grids' latents and their attributes (the pool's first rows)."""
+        latents = self.fixed_latents
+        return latents, self.attribute_pool[: len(latents)] if self.names else None
+
+    def for_seeds(self, seeds: Sequence[int], values: dict[str, float] | None = None) -> tuple[torch.Tensor, Any]:
+        """What ``seeds`` give in every command (``seed_genes``), on the CPU."""
+        pool = self.attribute_pool if self.names else torch.zeros(0, 0)
+        return seed_genes(seeds, self.latent_dim, self.names, pool, values)
+
+    def fill_pool(self, data: Any) -> None:
+        """Draws the pool from the training data (a datamodule with ``attributes`` and
+        ``attribute_rows``); refuses data conditioned on other attributes, in one line."""
+        if not self.names:
+            return
+        names = tuple(getattr(data, "attributes", ()))
+        if names != self.names:
+            raise FacesError(
+                f"the GAN is conditioned on {list(self.names)} but data.attributes is {list(names)}: "
+                "set data.attributes to the GAN's"
+            )
+        self.attribute_pool.copy_(data.attribute_rows(ATTRIBUTE_POOL_SIZE, self.seed))

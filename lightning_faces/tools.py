@@ -184,7 +184,7 @@ def _samples(model: GAN, args: argparse.Namespace) -> Iterator[torch.Tensor]:
     seeded = torch.Generator(device=model.device).manual_seed(0)
     for start in range(0, args.num_samples, args.batch_size):
         count = min(args.batch_size, args.num_samples - start)
-        latents, attributes = model.sample_latents(count, seeded), model.sample_attributes(count, seeded)
+        latents, attributes = model.genes.sample(count, seeded)
         yield to_uint8(model.generate(latents, attributes, ema=args.generator == "ema"))
 
 

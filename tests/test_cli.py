@@ -77,8 +77,8 @@ def test_fit_then_resume_continues_where_the_checkpoint_left_off(tmp_path, fake_
     assert saved["global_step"] == 6 and saved["iteration"] == 6
 
     # fixed latents that the seed cannot make: only loading them from the checkpoint gives them back
-    marked = torch.arange(saved["state_dict"]["fixed_latents"].numel(), dtype=torch.float32)
-    saved["state_dict"]["fixed_latents"] = marked.view_as(saved["state_dict"]["fixed_latents"])
+    marked = torch.arange(saved["state_dict"]["genes.fixed_latents"].numel(), dtype=torch.float32)
+    saved["state_dict"]["genes.fixed_latents"] = marked.view_as(saved["state_dict"]["genes.fixed_latents"])
     torch.save(saved, last)
     second = run_cli(
         ["fit", *celeba_args(fake_celeba, runs), "--trainer.max_steps", "10", "--ckpt_path", str(last)], cwd=tmp_path
@@ -86,7 +86,7 @@ def test_fit_then_resume_continues_where_the_checkpoint_left_off(tmp_path, fake_
     assert second.returncode == 0, second.stderr[-3000:]
     resumed = torch.load(runs / "dcgan" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 10 and resumed["iteration"] == 10  # continued, did not restart
-    torch.testing.assert_close(resumed["state_dict"]["fixed_latents"], saved["state_dict"]["fixed_latents"])
+    torch.testing.assert_close(resumed["state_dict"]["genes.fixed_latents"], saved["state_dict"]["genes.fixed_latents"])
     for optimizer in resumed["optimizer_states"]:  # Adam's own step counts continued from 6
         assert {int(state["step"]) for state in optimizer["state"].values()} == {10}
     assert (runs / "dcgan" / "version_1" / "samples" / "step_0000010.png").exists()

@@ -93,12 +93,22 @@ def test_g_and_d_must_share_attributes_and_attribute_loss_needs_a_classifier_hea
     assert isinstance(conditional_gan("auxiliary").attribute_loss, AttributeLoss)  # the default
 
 
+def test_a_checkpoint_of_0_4_loads_its_attribute_pool_and_fixed_latents():
+    model = conditional_gan()
+    model.genes.attribute_pool.bernoulli_(0.5)
+    state = {name.removeprefix("genes."): value for name, value in model.state_dict().items()}  # 0.4's keys
+    twin = conditional_gan(seed=1)  # other fixed latents, an empty pool
+    twin.restore({"state_dict": state})
+    assert torch.equal(twin.genes.attribute_pool, model.genes.attribute_pool)
+    assert torch.equal(twin.genes.fixed_latents, model.genes.fixed_latents)
+
+
 def test_fake_attributes_are_the_real_rows_shuffled():
     model = conditional_gan()
     real = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]])
-    fake = model.fake_attributes(real, slot=0)
+    fake = model.genes.shuffled(real, 0, slot=0)
     assert sorted(map(tuple, fake.tolist())) == sorted(map(tuple, real.tolist()))  # the data's own rows
-    assert not torch.equal(model.fake_attributes(real, slot=1), fake) or not torch.equal(fake, real)
+    assert not torch.equal(model.genes.shuffled(real, 0, slot=1), fake) or not torch.equal(fake, real)
 
 
 def test_a_conditional_gan_trains_logs_its_attribute_losses_and_keeps_real_rows(tmp_path):
@@ -107,7 +117,7 @@ def test_a_conditional_gan_trains_logs_its_attribute_losses_and_keeps_real_rows(
     trainer = train(tmp_path, model, steps=3, callbacks=[SampleGrid(min_cell_size=16)], data=data)
     assert {"train/d_attribute_loss", "train/g_attribute_loss"} <= set(trainer.callback_metrics)
     # the pool holds real rows of the training data (drawn faces: at most one of these per face is rare)
-    pool = model.attribute_pool
+    pool = model.genes.attribute_pool
     assert pool.sum() > 0 and set(pool.unique().tolist()) <= {0.0, 1.0}
     rows = set(map(tuple, data.train_set.tensors[1][:, [CELEBA_ATTRIBUTES.index(n) for n in NAMES]].tolist()))
     assert set(map(tuple, pool.tolist())) <= rows
@@ -209,6 +219,8 @@ OLD_CHECKPOINT = REPO / "tests" / "fixtures" / "quickstart-0.2.0.ckpt"
 def test_an_unconditional_checkpoint_of_0_2_0_loads_samples_and_resumes(tmp_path):
     gan = GAN.from_checkpoint(OLD_CHECKPOINT)
     assert gan.attribute_names == () and gan.iteration == 3
+    saved = torch.load(OLD_CHECKPOINT, weights_only=True)["state_dict"]["fixed_latents"]  # a GAN buffer then
+    assert torch.equal(gan.genes.fixed_latents, saved)
     assert gan.generate(torch.randn(2, 8)).shape == (2, 3, 16, 16)
     sizes = {
         "--data.image_size": 16, "--data.num_images": 64, "--data.num_val_images": 0, "--data.batch_size": 8,

@@ -113,7 +113,7 @@ def test_ranks_hold_identical_spectral_norm_vectors_with_r1_and_diffaugment(tmp_
     vectors = [name for name in rank0 if name.endswith(("._u", "._v"))]
     assert len(vectors) > 10  # every conv and the linear head of the ResNet D
     assert "discriminator.attribute_head.layer.parametrizations.weight.0._u" in vectors
-    assert rank0["attribute_pool"].shape == (10_000, 2) and rank0["attribute_pool"].sum() > 0
+    assert rank0["genes.attribute_pool"].shape == (10_000, 2) and rank0["genes.attribute_pool"].sum() > 0
     for name, value in rank0.items():
         assert torch.equal(value, rank1[name]), f"{name} differs between ranks"
     assert states[0]["iteration"] == 6
@@ -188,7 +188,7 @@ def test_each_rank_draws_its_own_slice_of_the_global_latent_batch():
     # and the GAN's step draws exactly these (its trainer is absent here: one process)
     module = tiny_gan()
     module.iteration = 1
-    assert torch.equal(module.training_latents(6, slot=0), latents(1, 0, 6, world=1, rank=0))
+    assert torch.equal(module.genes.for_iteration(6, module.iteration, slot=0), latents(1, 0, 6, world=1, rank=0))
 
 
 def test_gan_wrappers_do_not_copy_buffers_in_place_before_each_forward(tmp_path):

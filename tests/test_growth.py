@@ -255,7 +255,7 @@ def test_a_conditional_gan_grows_with_its_attributes(tmp_path):
     assert [(level, side) for _, level, _, _, side, _ in record.rows] == [(0, 4), (1, 8), (1, 8), (1, 8)]
     glasses = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     assert model.generate(torch.randn(2, 8), glasses).shape == (2, 3, 16, 16)  # conditioned, at full size
-    assert model.attribute_pool.sum() > 0  # real attribute rows were drawn for the samples
+    assert model.genes.attribute_pool.sum() > 0  # real attribute rows were drawn for the samples
 
 
 def test_fid_before_the_final_resolution_says_it_scored_enlarged_samples(tmp_path, caplog):

@@ -89,7 +89,7 @@ def test_g_learns_from_the_fakes_d_saw_in_one_g_pass_unless_fresh_latents(tmp_pa
     # the classic DCGAN loop by hand, on the same batch and latents: G(z) once, D on its
     # detached output, then G through the updated D on the same fakes
     model.iteration = 0
-    latents = model.training_latents(reals[0].shape[0], slot=0)
+    latents = model.genes.for_iteration(reals[0].shape[0], iteration=0, slot=0)
     d_opt, g_opt = dcgan_adam(discriminator.parameters()), dcgan_adam(generator.parameters())
     objective = NonSaturating()
     fake = generator(latents)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+
+from lightning_faces.data.images import to_float
+from lightning_faces.errors import FacesError
 
 
 class VirtualBatchNorm2d(nn.Module):
@@ -48,6 +53,17 @@ class VirtualBatchNorm2d(nn.Module):
 def uses_virtual_batch_norm(net: nn.Module) -> bool:
     """Whether ``net`` has virtual batch norm layers (and so needs a reference batch)."""
     return any(isinstance(m, VirtualBatchNorm2d) for m in net.modules())
+
+
+def reference_from_data(discriminator: nn.Module, data: Any, size: int, seed: int) -> None:
+    """Gives a D with virtual batch norm its reference batch, ``size`` real images drawn from
+    the datamodule (its ``reference_images``), unless it has one (a resumed run)."""
+    if not uses_virtual_batch_norm(discriminator) or discriminator.reference is not None:
+        return
+    if not hasattr(data, "reference_images"):
+        raise FacesError("virtual batch norm in D needs a datamodule with reference_images (the lightning_faces ones)")
+    device = next(discriminator.parameters()).device
+    discriminator.set_reference(to_float(data.reference_images(size, seed).to(device)))
 
 
 class ReferenceBatchMixin:
