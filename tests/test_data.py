@@ -3,17 +3,20 @@ import pytest
 import torch
 from PIL import Image
 
+from lightning_faces.cli import make_cli
 from lightning_faces.data import (
     CELEBA_ATTRIBUTES,
     CelebA,
     CelebADataModule,
+    DrawnFaces,
+    FaceDataModule,
     ImageFolder,
     ImageFolderDataModule,
 )
 from lightning_faces.data.images import crop_and_resize
 from lightning_faces.data.synthetic import SyntheticFacesDataModule, render_faces
 from lightning_faces.errors import FacesError
-from tests.conftest import face_like_image, write_celeba
+from tests.conftest import REPO, face_like_image, write_celeba
 
 
 @pytest.mark.parametrize(("split", "count"), [("train", 16), ("valid", 4), ("test", 4), ("all", 24)])
@@ -332,3 +335,26 @@ def test_a_folder_says_in_one_line_how_many_images_of_each_unusual_mode_it_holds
     assert len(dataset) == len(expected)
     ImageFolder(tmp_path / "modes", 16, 1.0)  # said once per folder, not at every construction
     assert "not 8-bit RGB" not in capsys.readouterr().err
+
+
+def test_a_datamodule_takes_its_source_as_a_part(tmp_path, monkeypatch):
+    options = dict(image_size=16, batch_size=4, num_workers=0)
+    named = SyntheticFacesDataModule(num_images=16, num_val_images=4, seed=3, **options)
+    composed = FaceDataModule(DrawnFaces(num_images=16, num_val_images=4, seed=3), **options)
+    for data in (named, composed):
+        data.setup("fit")
+    assert torch.equal(named.train_set.tensors[0], composed.train_set.tensors[0])
+    assert torch.equal(named.val_set.tensors[0], composed.val_set.tensors[0])
+    assert not torch.equal(composed.train_set.tensors[0][:4], composed.val_set.tensors[0])  # other faces
+    # and a config can give the part by class path
+    config = tmp_path / "data.yaml"
+    config.write_text(
+        "data:\n  class_path: lightning_faces.data.FaceDataModule\n  init_args:\n"
+        "    source: {class_path: lightning_faces.data.DrawnFaces, init_args: {num_images: 16, seed: 3}}\n"
+        "    image_size: 16\n    batch_size: 4\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    args = ["--config", str(REPO / "configs" / "quickstart.yaml"), "--config", str(config)]
+    data = make_cli(args, run=False, save_config_callback=None).datamodule
+    assert type(data) is FaceDataModule and isinstance(data.source, DrawnFaces)
+    assert (data.source.num_images, data.source.seed, data.image_size, data.batch_size) == (16, 3, 16, 4)

@@ -1,26 +1,32 @@
 """Face data: one idea a file.
 
 ``attributes`` (CelebA's names, the columns a run conditions on), ``images`` (decode, crop,
-resize, uint8 <-> float), ``datamodule`` (the base DataModule and its resumable sampler),
-``celeba`` (CelebA's layout), ``folders`` (any image folder), ``synthetic`` (drawn faces, no
-download) and ``prepared`` (uint8 arrays built once, memory-mapped).
+resize, uint8 <-> float), ``datamodule`` (the DataModule, which takes a ``Source`` of images,
+and its resumable sampler), the sources ``celeba`` (CelebA's layout), ``folders`` (any image
+folder) and ``synthetic`` (drawn faces, no download), and ``prepared`` (uint8 arrays built
+once, memory-mapped). ``CelebADataModule`` and its two siblings are a FaceDataModule with
+their source built from their own arguments, as the configs name them.
 """
 
 from lightning_faces.data.attributes import CELEBA_ATTRIBUTES, parse_attribute_values, select_attributes
-from lightning_faces.data.celeba import CelebA, CelebADataModule
-from lightning_faces.data.datamodule import EpochSampler, FaceDataModule, Split
-from lightning_faces.data.folders import ImageFolder, ImageFolderDataModule
+from lightning_faces.data.celeba import CelebA, CelebADataModule, CelebAFaces
+from lightning_faces.data.datamodule import EpochSampler, FaceDataModule, Source, Split
+from lightning_faces.data.folders import FolderFaces, ImageFolder, ImageFolderDataModule
 from lightning_faces.data.images import to_float, to_uint8
-from lightning_faces.data.synthetic import SyntheticFacesDataModule
+from lightning_faces.data.synthetic import DrawnFaces, SyntheticFacesDataModule
 
 __all__ = [
     "CELEBA_ATTRIBUTES",
     "CelebA",
     "CelebADataModule",
+    "CelebAFaces",
+    "DrawnFaces",
     "EpochSampler",
     "FaceDataModule",
+    "FolderFaces",
     "ImageFolder",
     "ImageFolderDataModule",
+    "Source",
     "SyntheticFacesDataModule",
     "Split",
     "to_float",

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import Dataset
 
 from lightning_faces.data.attributes import CELEBA_ATTRIBUTES
-from lightning_faces.data.datamodule import FaceDataModule, Split
+from lightning_faces.data.datamodule import FaceDataModule, Source, Split
 from lightning_faces.data.images import IMAGE_SUFFIXES, check_crop, load_face
 from lightning_faces.errors import FacesError
 
@@ -134,7 +133,7 @@ def _read_attributes(path: Path) -> tuple[list[str], np.ndarray]:
     return names, np.asarray(rows, dtype=np.float32).reshape(-1, 40)
 
 
-class CelebADataModule(FaceDataModule):
+class CelebAFaces(Source):
     """CelebA from its own folder layout, with its official splits and 40 attributes.
 
     Args:
@@ -144,11 +143,48 @@ class CelebADataModule(FaceDataModule):
         crop: side of the centred square crop as a fraction of the image width (0.79 is the
             140-of-178 pixel framing of most CelebA GAN papers); the same at any resolution.
         download: fetch CelebA with torchvision's downloader when it is missing.
-        prepared: decode, crop and resize every image once into a memory-mapped uint8 array
-            (``python -m lightning_faces prepare``; fit builds it when missing) and train from it;
-            ``False`` decodes the image files on every access.
-        prepared_dir: where prepared arrays live (``None``: ``~/.cache/lightning_faces/prepared``);
-            one folder per source, split, size and crop.
+    """
+
+    key = "CelebADataModule"  # the name prepared arrays and FID caches have been keyed on since 0.1
+    test_split = "test"
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        split: Split = "train",
+        val_split: Split | None = "valid",
+        crop: float = 0.79,
+        download: bool = False,
+    ) -> None:
+        self.data_dir, self.train_split, self.val_split = data_dir, split, val_split
+        self.crop, self.download = check_crop(crop), download
+
+    def fetch(self) -> None:
+        if self.download and not (Path(self.data_dir) / "celeba" / "list_attr_celeba.txt").exists():
+            download_celeba(self.data_dir)
+        celeba_folder(self.data_dir)  # fail here, before any training, if the layout is incomplete
+
+    def read(self, split: Split, image_size: int) -> Dataset:
+        dataset = CelebA(self.data_dir, split, image_size, self.crop)
+        _check_images_present(dataset)
+        return dataset
+
+    def where(self, split: Split) -> str:
+        return f"CelebA split '{split}' under {celeba_folder(self.data_dir)}"
+
+    def describe(self, split: Split) -> dict[str, object]:
+        folder = Path(self.data_dir).expanduser().resolve() / "celeba"
+        listing = folder / "list_attr_celeba.txt"
+        # the attribute list changes when images are added or removed
+        stamp = listing.stat().st_mtime_ns if listing.exists() else None
+        return {"folder": str(folder), "crop": self.crop, "listing": stamp}
+
+
+class CelebADataModule(FaceDataModule):
+    """CelebA from its own folder layout (``CelebAFaces``), with its splits and 40 attributes.
+
+    Args:
+        data_dir, split, val_split, crop, download: see ``CelebAFaces``.
         **kwargs: see ``FaceDataModule``.
     """
 
@@ -159,74 +195,9 @@ class CelebADataModule(FaceDataModule):
         val_split: Split | None = "valid",
         crop: float = 0.79,
         download: bool = False,
-        image_size: int = 64,
-        batch_size: int = 128,
-        num_workers: int | None = None,
-        flip: bool = True,
-        samples_per_epoch: int | None = None,
-        predict_samples: int = 64,
-        attributes: list[str] | str | None = None,
-        predict_attributes: str | None = None,
-        prepared: bool = True,
-        prepared_dir: str | None = None,
-        on_device: bool = False,
+        **kwargs: Any,
     ) -> None:
-        shared = (image_size, batch_size, num_workers, flip, samples_per_epoch, predict_samples)
-        super().__init__(*shared, attributes, predict_attributes, on_device)
-        self.data_dir, self.split, self.val_split = data_dir, split, val_split
-        self.crop, self.download = check_crop(crop), download
-        self.prepared, self.prepared_dir = prepared, prepared_dir
-        if prepared and num_workers is None:
-            self.num_workers = 0  # see FaceDataModule: prepared batches need no worker processes
-
-    def prepare_data(self) -> None:
-        # runs on one process per node, before setup: the only place that may download
-        if self.download and not (Path(self.data_dir) / "celeba" / "list_attr_celeba.txt").exists():
-            download_celeba(self.data_dir)
-        celeba_folder(self.data_dir)  # fail here, before any training, if the layout is incomplete
-        if self.prepared:
-            self.prepare(self.splits_in_use())
-
-    def source(self, split: Split) -> Dataset:
-        dataset = CelebA(self.data_dir, split, self.image_size, self.crop)
-        _check_images_present(dataset)
-        return dataset
-
-    def fit_splits(self) -> list[Split]:
-        return [self.split] + ([self.val_split] if self.val_split else [])
-
-    def train_dataset(self) -> Dataset:
-        dataset = self.split_dataset(self.split)
-        if len(dataset) == 0:  # type: ignore[arg-type]
-            raise FacesError(
-                f"CelebA split '{self.split}' under {celeba_folder(self.data_dir)} has no images: "
-                "choose another data.split"
-            )
-        return dataset
-
-    def real_images(self, split: Split) -> Dataset:
-        dataset = self.split_dataset(split, build=False)
-        if len(dataset) == 0:  # type: ignore[arg-type]
-            raise FacesError(
-                f"CelebA split '{split}' under {celeba_folder(self.data_dir)} has no images to compare against"
-            )
-        return dataset
-
-    def describe(self, split: Split) -> dict[str, object]:
-        folder = Path(self.data_dir).expanduser().resolve() / "celeba"
-        listing = folder / "list_attr_celeba.txt"
-        # the attribute list changes when images are added or removed
-        stamp = listing.stat().st_mtime_ns if listing.exists() else None
-        return {**super().describe(split), "folder": str(folder), "crop": self.crop, "listing": stamp}
-
-    def eval_dataset(self, stage: Literal["validate", "test"]) -> Dataset | None:
-        split = self.val_split if stage == "validate" else "test"
-        if split is None:
-            return None
-        dataset = self.split_dataset(split)
-        if len(dataset) == 0 and stage == "validate":  # type: ignore[arg-type]
-            warnings.warn(f"CelebA split '{split}' has no images, so validation is skipped", stacklevel=2)
-        return dataset
+        super().__init__(CelebAFaces(data_dir, split, val_split, crop, download), **kwargs)
 
 
 def _check_images_present(dataset: CelebA) -> None:

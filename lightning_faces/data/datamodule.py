@@ -8,6 +8,7 @@ and it keeps the loader workers light) and keeps the attribute columns the run c
 
 from __future__ import annotations
 
+import abc
 import os
 import warnings
 from pathlib import Path
@@ -124,15 +125,54 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+class Source(abc.ABC):
+    """Where a ``FaceDataModule``'s images come from: the part that differs between datasets.
+
+    A source reads a split of its images at a size, decoded on every access (``read``); the
+    datamodule prepares them once into an array when they are image files, batches, scales and
+    flips them. ``CelebAFaces``, ``FolderFaces`` and ``DrawnFaces`` are the sources this package has.
+    """
+
+    key = ""  # the name prepared arrays and FID's cached statistics are keyed on
+    labelled = True  # the images carry CelebA's 40 attribute columns
+    files = True  # read from image files: prepared once into an array unless data.prepared is false
+    train_split: Split = "all"  # what fit trains on
+    val_split: Split | None = None  # what validate (and fit's validation) reads; None: none
+    test_split: Split | None = None  # what test reads; None: none
+
+    @abc.abstractmethod
+    def read(self, split: Split, image_size: int) -> Dataset:
+        """The split's images (uint8 (3, S, S)) and attribute rows, decoded on every access."""
+
+    def where(self, split: Split) -> str:
+        """The split, named for a message ("CelebA split 'valid' under data/celeba")."""
+        return f"{self.key} split '{split}'"
+
+    def resolve(self, split: Split) -> Split:
+        """The split read for a name FID's ``real_split`` gives (a folder's ``train`` is all of
+        it); refuses, in one line, a split this source does not have."""
+        return split
+
+    def describe(self, split: Split) -> dict[str, object]:
+        """What identifies the split's images beyond their size (a folder, a crop, a seed)."""
+        return {}
+
+    def fetch(self) -> None:
+        """Runs before any split is read, once per node: downloads, checks the folder layout."""
+
+
 class FaceDataModule(L.LightningDataModule):
-    """What every face source shares: batching, per-epoch subsets, scaling and flips.
+    """Faces from a ``source``, batched: per-epoch subsets, resumable order, scaling and flips.
 
     Args:
+        source: where the images come from (``CelebAFaces``, ``FolderFaces``, ``DrawnFaces``);
+            ``CelebADataModule``, ``ImageFolderDataModule`` and ``SyntheticFacesDataModule``
+            build one from their own arguments.
         image_size: side of the square images, in pixels.
         batch_size: images per batch (per device under DDP).
         num_workers: loader processes; ``None`` picks min(8, CPUs allocated to this process)
-            for image files, and 0 for prepared data (a batch is one memory copy; workers would
-            only add inter-process transfer; preparing still decodes with min(8, CPUs)).
+            for image files, and 0 for prepared or drawn data (a batch is one memory copy; workers
+            would only add inter-process transfer; preparing still decodes with min(8, CPUs)).
         flip: randomly mirror training images left-right.
         samples_per_epoch: train each epoch on a fresh random subset of this many images
             (short epochs on a big dataset); ``None`` uses every image once per epoch.
@@ -141,6 +181,11 @@ class FaceDataModule(L.LightningDataModule):
             for the 40, or none (unconditional); the CLI links them into the networks.
         predict_attributes: attribute values ``predict`` asks for, e.g. ``Eyeglasses=1,Male=0``;
             the others are taken from real faces.
+        prepared: decode, crop and resize image files once into a memory-mapped uint8 array
+            (``python -m lightning_faces prepare``; fit builds it when missing) and train from it;
+            ``False`` decodes the files on every access. Drawn faces are in memory already.
+        prepared_dir: where prepared arrays live (``None``: ``~/.cache/lightning_faces/prepared``);
+            one folder per source, split, size and crop.
         on_device: copy the whole training set (uint8) to the training device once, and gather,
             flip and scale each batch there: no loader work and no copy per batch. The same
             batches as without it (same order, same flips). Needs the images in one array:
@@ -148,10 +193,9 @@ class FaceDataModule(L.LightningDataModule):
             rank (CelebA at 64x64: 2.5 GB).
     """
 
-    has_attributes = True  # False for sources without attribute labels (a plain folder)
-
     def __init__(
         self,
+        source: Source,
         image_size: int = 64,
         batch_size: int = 128,
         num_workers: int | None = None,
@@ -160,6 +204,8 @@ class FaceDataModule(L.LightningDataModule):
         predict_samples: int = 64,
         attributes: list[str] | str | None = None,
         predict_attributes: str | None = None,
+        prepared: bool = True,
+        prepared_dir: str | None = None,
         on_device: bool = False,
     ) -> None:
         super().__init__()
@@ -169,15 +215,18 @@ class FaceDataModule(L.LightningDataModule):
             raise FacesError(f"samples_per_epoch {samples_per_epoch} is smaller than batch_size {batch_size}")
         if predict_samples < 1:
             raise FacesError(f"predict_samples must be at least 1 (the images predict writes), got {predict_samples}")
+        self.source = source
         self.image_size = image_size
         self.batch_size = batch_size
-        self.num_workers = min(8, available_cpus()) if num_workers is None else num_workers
-        self.decode_workers = self.num_workers  # processes that decode image files (prepare)
+        self.prepared, self.prepared_dir = prepared and source.files, prepared_dir
+        self.decode_workers = min(8, available_cpus()) if num_workers is None else num_workers  # prepare's
+        in_memory = self.prepared or not source.files  # a batch is one copy: no worker processes
+        self.num_workers = (0 if in_memory else self.decode_workers) if num_workers is None else num_workers
         self.flip = flip
         self.samples_per_epoch = samples_per_epoch
         self.predict_samples = predict_samples
         self.attributes = select_attributes(attributes)
-        if self.attributes and not self.has_attributes:
+        if self.attributes and not source.labelled:
             raise FacesError(
                 f"{type(self).__name__} images have no attribute labels, so data.attributes must be empty "
                 "(conditioning needs CelebADataModule or SyntheticFacesDataModule)"
@@ -193,31 +242,25 @@ class FaceDataModule(L.LightningDataModule):
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
 
-    # Subclasses say where images come from; None means "this source has no such split".
-    def train_dataset(self) -> Dataset:
-        raise NotImplementedError
-
-    # Sources of image files can be prepared: decoded once into a memory-mapped uint8 array.
-    prepared: bool = False
-    prepared_dir: str | None = None
-
-    def source(self, split: Split) -> Dataset:
-        """The split read from its image files, decoded on every access."""
-        raise NotImplementedError
+    def prepare_data(self) -> None:
+        # one process per node, before setup: the only place that may download
+        self.source.fetch()
+        if self.prepared:
+            self.prepare(self.splits_in_use())
 
     def split_dataset(self, split: Split, build: bool = True) -> Dataset:
-        """The split as training reads it: prepared (memory-mapped) when ``prepared``, else files.
+        """The split as training reads it: prepared (memory-mapped) when ``prepared``, else read.
 
         A missing prepared split is built here when ``build`` (``prepare_data`` has normally
         built it already, once per node); otherwise the files are read.
         """
         if not self.prepared:
-            return self.source(split)
+            return self.source.read(split, self.image_size)
         key = self.describe(split)
         folder = prepared_folder(self.prepared_dir, key)
         if check(folder, key, full=False) is None:
             return PreparedImages(folder)
-        source = self.source(split)
+        source = self.source.read(split, self.image_size)
         if not build or len(source) == 0:  # type: ignore[arg-type]
             return source
         return PreparedImages(self._ensure(split, source))
@@ -228,7 +271,7 @@ class FaceDataModule(L.LightningDataModule):
         for split in splits:
             source = None
             if not prepared_folder(self.prepared_dir, self.describe(split)).exists():
-                source = self.source(split)
+                source = self.source.read(split, self.image_size)
                 if len(source) == 0:  # type: ignore[arg-type]
                     continue  # an empty split (no validation images): nothing to prepare
             folders.append(self._ensure(split, source))
@@ -236,7 +279,7 @@ class FaceDataModule(L.LightningDataModule):
 
     def _ensure(self, split: Split, source: Dataset | None) -> Path:
         return ensure(
-            (lambda: source) if source is not None else (lambda: self.source(split)),
+            (lambda: source) if source is not None else (lambda: self.source.read(split, self.image_size)),
             self.prepared_dir,
             self.describe(split),
             self.decode_workers,
@@ -245,23 +288,46 @@ class FaceDataModule(L.LightningDataModule):
 
     def fit_splits(self) -> list[Split]:
         """The splits ``fit`` reads (training, and validation when there is one)."""
-        return ["all"]
+        source = self.source
+        return [source.train_split] + ([source.val_split] if source.val_split else [])
 
     def splits_in_use(self) -> list[Split]:
         """The splits the trainer's current stage reads."""
         stage = self.trainer.state.fn.value if self.trainer is not None and self.trainer.state.fn else "fit"
         return {"fit": self.fit_splits(), "validate": self.fit_splits()[1:], "test": ["test"]}.get(stage, [])
 
+    def train_dataset(self) -> Dataset:
+        split = self.source.train_split
+        dataset = self.split_dataset(split)
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            raise FacesError(f"{self.source.where(split)} has no images: choose another data.split")
+        return dataset
+
     def eval_dataset(self, stage: Literal["validate", "test"]) -> Dataset | None:
-        return None
+        split = self.source.val_split if stage == "validate" else self.source.test_split
+        if split is None:
+            return None
+        dataset = self.split_dataset(split)
+        if len(dataset) == 0 and stage == "validate":  # type: ignore[arg-type]
+            warnings.warn(f"{self.source.where(split)} has no images, so validation is skipped", stacklevel=2)
+        return dataset
 
     def real_images(self, split: Split) -> Dataset:
         """Real images of a split, preprocessed as for training but never flipped (for FID)."""
-        raise FacesError(f"{type(self).__name__} has no split '{split}' of real images")
+        split = self.source.resolve(split)
+        if split == self.source.train_split and self.train_set is not None:
+            return self.train_set  # drawn faces: not drawn again
+        if split == self.source.val_split and self.val_set is not None:
+            return self.val_set
+        dataset = self.split_dataset(split, build=False)
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            raise FacesError(f"{self.source.where(split)} has no images to compare against")
+        return dataset
 
     def describe(self, split: Split) -> dict[str, object]:
         """What identifies ``real_images(split)``: FID's cached real statistics are keyed on it."""
-        return {"source": type(self).__name__, "split": split, "image_size": self.image_size}
+        split = self.source.resolve(split)
+        return {"source": self.source.key, "split": split, "image_size": self.image_size, **self.source.describe(split)}
 
     def setup(self, stage: str) -> None:
         if stage == "fit":

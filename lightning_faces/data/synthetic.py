@@ -12,7 +12,7 @@ measurement run offline against ground truth. Image ``i`` of seed ``s`` is the s
 from __future__ import annotations
 
 import random
-from typing import Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Dataset, TensorDataset
 
 from lightning_faces.data.attributes import CELEBA_ATTRIBUTES
-from lightning_faces.data.datamodule import FaceDataModule, Split
+from lightning_faces.data.datamodule import FaceDataModule, Source, Split
 from lightning_faces.errors import FacesError
 
 Color = tuple[int, int, int]
@@ -219,55 +219,48 @@ def render_faces(count: int, image_size: int, seed: int) -> tuple[torch.Tensor, 
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(attributes)
 
 
-class SyntheticFacesDataModule(FaceDataModule):
-    """Procedurally drawn faces, rendered once into memory at setup.
+class DrawnFaces(Source):
+    """Procedurally drawn faces (``draw_face``), rendered into memory when first read; no download.
 
     Rendering takes about 5 s per 10,000 faces at 32x32 and 16 s at 64x64 on one CPU core.
 
     Args:
         num_images: size of the training set.
-        num_val_images: size of the validation set, drawn from other seeds (0 turns it off).
+        num_val_images: size of the validation set (and of the test set), drawn from other
+            seeds (0 turns both off).
         seed: which faces: the same seed gives the same images everywhere.
-        **kwargs: see ``FaceDataModule``.
     """
 
-    def __init__(
-        self,
-        num_images: int = 8192,
-        num_val_images: int = 512,
-        seed: int = 0,
-        image_size: int = 64,
-        batch_size: int = 128,
-        num_workers: int | None = 0,
-        flip: bool = True,
-        samples_per_epoch: int | None = None,
-        predict_samples: int = 64,
-        attributes: list[str] | str | None = None,
-        predict_attributes: str | None = None,
-        on_device: bool = False,
-    ) -> None:
-        # num_workers 0: the images are already in memory, so worker processes only add copies
-        shared = (image_size, batch_size, num_workers, flip, samples_per_epoch, predict_samples)
-        super().__init__(*shared, attributes, predict_attributes, on_device)
+    key = "SyntheticFacesDataModule"  # the name FID caches have been keyed on since 0.1
+    files = False
+    train_split = "train"
+
+    def __init__(self, num_images: int = 8192, num_val_images: int = 512, seed: int = 0) -> None:
         self.num_images, self.num_val_images, self.seed = num_images, num_val_images, seed
+        self.val_split, self.test_split = ("valid", "test") if num_val_images > 0 else (None, None)
 
-    def train_dataset(self) -> Dataset:
-        return TensorDataset(*render_faces(self.num_images, self.image_size, self.seed))
+    def read(self, split: Split, image_size: int) -> Dataset:
+        split = split if split == "test" and self.test_split else self.resolve(split)
+        count = self.num_images if split == "train" else self.num_val_images
+        offset = ("train", "valid", "test").index(split)  # other seeds: faces disjoint from training's
+        return TensorDataset(*render_faces(count, image_size, self.seed + offset * 7919))
 
-    def real_images(self, split: Split) -> Dataset:
-        # the faces are drawn once: FID scores the very sets that training renders
-        if split == "train":
-            return self.train_set or self.train_dataset()
-        if split == "valid" and self.num_val_images > 0:
-            return self.val_set or self.eval_dataset("validate")  # type: ignore[return-value]
+    def resolve(self, split: Split) -> Split:
+        if split == "train" or (split == "valid" and self.num_val_images > 0):
+            return split
         raise FacesError(f"drawn faces have splits 'train' and 'valid' (with num_val_images > 0), not '{split}'")
 
     def describe(self, split: Split) -> dict[str, object]:
-        count = self.num_images if split == "train" else self.num_val_images
-        return {**super().describe(split), "seed": self.seed, "count": count}
+        return {"seed": self.seed, "count": self.num_images if split == "train" else self.num_val_images}
 
-    def eval_dataset(self, stage: Literal["validate", "test"]) -> Dataset | None:
-        if self.num_val_images == 0:
-            return None
-        offset = 1 if stage == "validate" else 2  # disjoint from the training faces
-        return TensorDataset(*render_faces(self.num_val_images, self.image_size, self.seed + offset * 7919))
+
+class SyntheticFacesDataModule(FaceDataModule):
+    """Drawn faces (``DrawnFaces``), rendered once into memory at setup.
+
+    Args:
+        num_images, num_val_images, seed: see ``DrawnFaces``.
+        **kwargs: see ``FaceDataModule``.
+    """
+
+    def __init__(self, num_images: int = 8192, num_val_images: int = 512, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(DrawnFaces(num_images, num_val_images, seed), prepared=False, prepared_dir=None, **kwargs)
