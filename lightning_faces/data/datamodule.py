@@ -159,6 +159,7 @@ class Source(abc.ABC):
 
     def fetch(self) -> None:
         """Runs before any split is read, once per node: downloads, checks the folder layout."""
+        return None  # drawn faces and folders: nothing to fetch
 
 
 class FaceDataModule(L.LightningDataModule):
