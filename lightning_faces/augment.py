@@ -14,7 +14,9 @@ from typing import Literal
 import torch
 from torch import nn
 
+from lightning_faces import schedules
 from lightning_faces.errors import FacesError
+from lightning_faces.schedules import Cosine
 
 Transform = Literal["color", "translation", "cutout"]
 
@@ -63,6 +65,8 @@ class DiffAugment(nn.Module):
             for few-shot and small-data training is all three).
         translation_ratio: largest shift, as a fraction of the image size (paper: 1/8).
         cutout_ratio: side of the cut-out square, as a fraction of the image size (paper: 1/2).
+        probability: the chance that an image is augmented (by the whole policy), fixed or a
+            ``schedules.Cosine`` over images seen (R3GAN: 0 -> 0.3 at 64 px); 1: every image.
     """
 
     def __init__(
@@ -70,6 +74,7 @@ class DiffAugment(nn.Module):
         policy: list[Transform] | None = None,
         translation_ratio: float = 0.125,
         cutout_ratio: float = 0.5,
+        probability: float | Cosine = 1.0,
     ) -> None:
         super().__init__()
         self.policy = list(policy) if policy is not None else ["color", "translation", "cutout"]
@@ -77,15 +82,26 @@ class DiffAugment(nn.Module):
         if unknown:
             raise FacesError(f"DiffAugment policy has {unknown}: choose from color, translation, cutout")
         self.translation_ratio, self.cutout_ratio = translation_ratio, cutout_ratio
+        self.probability = schedules.check("DiffAugment probability", probability, high=1.0)
+        self.now = schedules.value(self.probability, 0)  # the probability at this iteration
+
+    def follow(self, images_seen: int) -> dict[str, float]:
+        """Sets this iteration's probability; returns it by name when it follows a schedule."""
+        self.now = schedules.value(self.probability, images_seen)
+        return {"augment_p": self.now} if isinstance(self.probability, Cosine) else {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if not self.training:
+        if not self.training or self.now == 0:
             return images
+        augmented = images
         for name in self.policy:
             if name == "color":
-                images = adjust_color(images)
+                augmented = adjust_color(augmented)
             elif name == "translation":
-                images = translate(images, self.translation_ratio)
+                augmented = translate(augmented, self.translation_ratio)
             else:
-                images = cut_out(images, self.cutout_ratio)
-        return images
+                augmented = cut_out(augmented, self.cutout_ratio)
+        if self.now >= 1:
+            return augmented
+        chosen = torch.rand(images.shape[0], 1, 1, 1, device=images.device) < self.now  # (B, 1, 1, 1)
+        return torch.where(chosen, augmented, images)

@@ -20,6 +20,7 @@ from torch import nn
 from lightning_faces.errors import FacesError
 from lightning_faces.files import atomic_path
 from lightning_faces.growth import Growth
+from lightning_faces.schedules import Cosine
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -187,7 +188,9 @@ def file_kind(head: bytes, path: Path) -> str | None:
 # what a checkpoint's settings may name as a class: this package's networks, objectives,
 # regularizers and augmentation. Anything else is refused, as pickled code is: the settings of
 # a checkpoint from elsewhere must not choose which code runs.
-BUILDABLE = tuple(f"lightning_faces.{name}." for name in ("nets", "objectives", "regularizers", "augment", "growth"))
+BUILDABLE = tuple(
+    f"lightning_faces.{name}." for name in ("nets", "objectives", "regularizers", "augment", "growth", "schedules")
+)
 
 
 def gan_settings(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
@@ -230,8 +233,8 @@ def build(value: Any, path: str | Path) -> Any:
     class_path = str(value["class_path"])
     if not class_path.startswith(BUILDABLE):
         raise FacesError(
-            f"checkpoint {path} names {class_path}, which is not a lightning_faces network, objective or "
-            "regularizer, so it was not built: load its state_dict into networks you build yourself"
+            f"checkpoint {path} names {class_path}, which is not a lightning_faces network, objective, "
+            "regularizer or schedule, so it was not built: load its state_dict into networks you build yourself"
         )
     if value.get("init_args_unknown"):
         raise FacesError(
@@ -262,8 +265,8 @@ def describe_settings(hparams: dict[str, Any], generator: Any, discriminator: An
     """
 
     def describe(value: Any) -> Any:
-        if isinstance(value, Growth):  # plain settings: a checkpoint can hold and rebuild them
-            return {"class_path": f"{Growth.__module__}.{Growth.__qualname__}", "init_args": value.settings()}
+        if isinstance(value, (Growth, Cosine)):  # plain settings: a checkpoint can hold and rebuild them
+            return {"class_path": f"{type(value).__module__}.{type(value).__qualname__}", "init_args": value.settings()}
         if isinstance(value, nn.Module):  # its settings are the object's own business: only its class is known
             return {"class_path": f"{type(value).__module__}.{type(value).__qualname__}", "init_args_unknown": True}
         if isinstance(value, (list, tuple)):

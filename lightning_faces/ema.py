@@ -8,38 +8,81 @@ the GAN registers as ``generator_ema`` (its checkpoint keys); this class keeps i
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from lightning_faces import schedules
 from lightning_faces.errors import FacesError
+from lightning_faces.schedules import Cosine
 
 STATISTICS_BATCH = 64  # latents per forward pass when the statistics are estimated
 
 
 class EMA:
-    """The average ``ema <- decay * ema + (1 - decay) * G``, taken after each G update.
+    """The average ``ema <- beta * ema + (1 - beta) * G``, taken after each G update.
+
+    ``beta``, the weight of the past, is ``decay`` per update, or set by a half-life in images
+    (StyleGAN2-ADA, R3GAN): beta = 0.5 ** (batch / half_life), so the average means the same at
+    any batch size. With ``ramp``, the half-life is at most ``ramp`` times the images seen so far
+    (StyleGAN2-ADA's 0.05): early on the average follows G closely instead of keeping G's untrained
+    start (at decay 0.999, a third of the average is still that start after 1,000 updates).
 
     Args:
         generator: G; the average starts as a copy of it.
-        decay: e.g. 0.999 (weight of the past, per update).
+        decay: beta per update, e.g. 0.999; or None with ``half_life``.
         statistics_samples: latents the average's batch-norm statistics are estimated from.
+        half_life: images after which G's weights of now count half, fixed or a
+            ``schedules.Cosine`` over images seen (R3GAN: 0 -> 500k at 64 px); None with ``decay``.
+        ramp: cap the half-life at this fraction of the images seen (None: no cap).
     """
 
-    def __init__(self, generator: nn.Module, decay: float, statistics_samples: int = 256) -> None:
-        if not 0 < decay < 1:
+    def __init__(
+        self,
+        generator: nn.Module,
+        decay: float | None = None,
+        statistics_samples: int = 256,
+        half_life: float | Cosine | None = None,
+        ramp: float | None = None,
+    ) -> None:
+        if (decay is None) == (half_life is None):
+            raise FacesError("set one of ema_decay (per update, e.g. 0.999) and ema_half_life (in images)")
+        if decay is not None and not 0 < decay < 1:
             raise FacesError(f"ema_decay must be between 0 and 1 (e.g. 0.999), got {decay}")
+        if half_life is not None:
+            schedules.check("ema_half_life", half_life)
+        if ramp is not None and ramp <= 0:
+            raise FacesError(f"ema_ramp must be above 0 (StyleGAN2-ADA: 0.05), got {ramp}")
         if statistics_samples < 1:
             raise FacesError(f"ema_statistics_samples must be at least 1, got {statistics_samples}")
         self.network = copy.deepcopy(generator).requires_grad_(False)
-        self.decay, self.statistics_samples = decay, statistics_samples
+        self.decay, self.half_life, self.ramp = decay, half_life, ramp
+        self.statistics_samples = statistics_samples
         self._statistics_at: int | None = None  # the iteration the statistics were estimated at
 
+    @property
+    def fixed(self) -> bool:
+        """Whether beta is the plain ``decay`` at every update."""
+        return self.half_life is None and self.ramp is None
+
+    def beta(self, batch: float, images_seen: int) -> float:
+        """The weight of the past in the update after ``images_seen`` images, ``batch`` of them new."""
+        if self.fixed:
+            return float(self.decay)  # type: ignore[arg-type]
+        if self.half_life is not None:
+            half_life = schedules.value(self.half_life, images_seen)
+        else:  # the half-life that decay has at this batch size
+            half_life = batch * math.log(0.5) / math.log(self.decay)  # type: ignore[arg-type]
+        if self.ramp is not None:
+            half_life = min(half_life, self.ramp * images_seen)
+        return 0.5 ** (batch / half_life) if half_life > 0 else 0.0
+
     @torch.no_grad()
-    def update(self, generator: nn.Module) -> None:
+    def update(self, generator: nn.Module, beta: float) -> None:
         """Moves the average toward G's current weights (one fused op over all parameters)."""
-        torch._foreach_lerp_(list(self.network.parameters()), list(generator.parameters()), 1.0 - self.decay)
+        torch._foreach_lerp_(list(self.network.parameters()), list(generator.parameters()), 1.0 - beta)
 
     @torch.no_grad()
     def refresh_statistics(self, sample: Callable[[int, torch.Generator], tuple], seed: int, iteration: int) -> None:

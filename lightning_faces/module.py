@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
+from lightning_faces import schedules
 from lightning_faces.augment import DiffAugment
 from lightning_faces.checkpoint import built_settings, describe_settings, load_checkpoint
 from lightning_faces.data.images import to_uint8
@@ -34,6 +35,7 @@ from lightning_faces.nets.virtual_batch_norm import reference_from_data, uses_vi
 from lightning_faces.objectives import AttributeLoss, NonSaturating, Objective
 from lightning_faces.regularizers import FeatureMatching, Regularizer, Step, penalties
 from lightning_faces.sampling import Genes
+from lightning_faces.schedules import Cosine
 
 
 def dcgan_adam(params: Any) -> torch.optim.Optimizer:
@@ -64,13 +66,18 @@ class GAN(L.LightningModule):
         g_optimizer, d_optimizer: G's and D's optimizers; ``None`` is Adam(lr=2e-4, betas=(0.5, 0.999)).
         lr_decay: ``linear`` lowers both learning rates linearly to 0 at ``trainer.max_steps``
             (SNGAN's schedule); ``none`` keeps them.
+        lr, beta2: both players' learning rate and Adam beta2, fixed or a ``schedules.Cosine``
+            over images seen (R3GAN's), overriding the optimizers' own; ``None``: the optimizers'.
         adversarial_weight: weight of G's adversarial loss (0 with feature matching alone).
         d_steps_per_g_step: update G only every k-th batch, D every batch (SNGAN's n_dis).
         g_steps_per_d_step: update G k times per batch, each time after the first on fresh latents.
         d_skip_accuracy: skip D's update on batches where its accuracy is above this.
         gradient_clip_norm: clip each player's gradient norm to this (``None``: no clipping).
         ema_decay: keep an average of G's weights with this decay (e.g. 0.999) for samples and
-            FID (``ema.EMA``); ``None``: none.
+            FID (``ema.EMA``); ``None``: none, unless ``ema_half_life``.
+        ema_half_life: the average's half-life in images instead, fixed or a ``schedules.Cosine``.
+        ema_ramp: cap the average's half-life at this fraction of the images seen (StyleGAN2-ADA:
+            0.05), so it does not keep G's untrained start; ``None``: no cap.
         ema_statistics_samples: latents the average's batch-norm statistics are estimated from.
         vbn_reference_size: examples in the reference batches of networks with virtual batch norm.
         num_fixed_samples: size of the fixed latent batch rendered as a grid of samples.
@@ -96,6 +103,8 @@ class GAN(L.LightningModule):
         g_optimizer: OptimizerCallable | None = None,
         d_optimizer: OptimizerCallable | None = None,
         lr_decay: Literal["none", "linear"] = "none",
+        lr: float | Cosine | None = None,
+        beta2: float | Cosine | None = None,
         adversarial_weight: float = 1.0,
         d_steps_per_g_step: int = 1,
         g_steps_per_d_step: int = 1,
@@ -103,6 +112,8 @@ class GAN(L.LightningModule):
         gradient_clip_norm: float | None = None,
         ema_decay: float | None = None,
         ema_statistics_samples: int = 256,
+        ema_half_life: float | Cosine | None = None,
+        ema_ramp: float | None = None,
         vbn_reference_size: int = 64,
         num_fixed_samples: int = 64,
         fresh_latents: bool = False,
@@ -138,12 +149,21 @@ class GAN(L.LightningModule):
         self.genes = Genes(fixed_latents, self.attribute_names, seed)
         if uses_virtual_batch_norm(generator):
             generator.set_reference(torch.randn(vbn_reference_size, self.latent_dim, generator=seeded))
-        self.ema = EMA(generator, ema_decay, ema_statistics_samples) if ema_decay is not None else None
+        self.ema = None
+        if ema_decay is not None or ema_half_life is not None:
+            self.ema = EMA(generator, decay=ema_decay, statistics_samples=ema_statistics_samples,
+                           half_life=ema_half_life, ramp=ema_ramp)  # fmt: skip
+        if lr is not None:
+            schedules.check("model.lr", lr)
+        if beta2 is not None:
+            schedules.check("model.beta2", beta2, below=1.0)
+        self.optimizer_schedules = {name: s for name, s in (("lr", lr), ("beta2", beta2)) if s is not None}
         if self.ema is not None:
             self.generator_ema = self.ema.network  # registered here: its keys in checkpoints
         self.growth = growth
         self.grower = Grower(growth, self._networks(), self.image_size) if growth is not None else None
         self.iteration = 0  # batches trained on; saved in checkpoints
+        self.images_seen: int | None = 0  # real images trained on, over all ranks; saved in checkpoints
         self.progress: dict[str, float] = {}  # host numbers for the progress bar (callbacks.ProgressBar)
         self._replicas: dict[str, nn.Module] = {}  # DDP wrappers of G and D (distributed.GANDDPStrategy)
         self._channels_last: bool | None = None  # channels_last, resolved for the device in setup
@@ -205,6 +225,10 @@ class GAN(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizers = [self.d_optimizer(self.discriminator.parameters()), self.g_optimizer(self.generator.parameters())]
+        if "beta2" in self.optimizer_schedules and not all("betas" in o.param_groups[0] for o in optimizers):
+            raise FacesError(
+                "model.beta2 sets Adam's beta2, but an optimizer has no betas: use Adam or AdamW, or drop beta2"
+            )
         if self.hparams.lr_decay == "none":
             return optimizers
         iterations = self.trainer.max_steps
@@ -226,6 +250,9 @@ class GAN(L.LightningModule):
             self.log_dict(growth)
         if self._channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
+        batch_images = real.shape[0] * self.trainer.world_size  # this iteration's: every rank's batch is B
+        seen = int(self.images_seen)  # type: ignore[arg-type]  # on_fit_start knows it
+        logs.update(self._follow_schedules([d_opt.optimizer, g_opt.optimizer], seen))
         real_labels = genes.labels(real_attributes, self.dtype)
         # a player's own passes go through its DDP wrapper (the plain network in one process),
         # so that its backward averages its gradients over ranks
@@ -256,7 +283,7 @@ class GAN(L.LightningModule):
         d_opt.zero_grad(set_to_none=True)
         if not skip_d:
             step = Step(net=self.discriminator, real=real, fake=fake.detach(), fake_features=fake_scores.features,
-                        score=d_scores, d_steps=t)  # fmt: skip
+                        score=d_scores, d_steps=t, images_seen=seen, fake_labels=fake_labels)  # fmt: skip
             self.manual_backward(d_loss + penalties(self.d_regularizers, step, "d", logs))
             self._prepare_gradients(self.discriminator, d_opt)
         d_opt.step()  # Lightning counts this step: global_step counts iterations (skipped: no gradients)
@@ -274,15 +301,17 @@ class GAN(L.LightningModule):
                     fake_labels = genes.shuffled(real_labels, t, slot=1 + g_step)
                     fake = g_ddp(genes.for_iteration(real.shape[0], t, slot=1 + g_step), fake_labels)
                 g_fake_scores = g_scores(fake, fake_labels)
-                g_loss = hp.adversarial_weight * self.objective.generator_loss(
-                    real_scores.logits.detach(), g_fake_scores.logits
-                )
+                real_logits = real_scores.logits.detach()
+                if getattr(self.objective, "relativistic", False):  # fakes against reals as the updated D sees them
+                    with torch.no_grad():
+                        real_logits = g_scores(real).logits
+                g_loss = hp.adversarial_weight * self.objective.generator_loss(real_logits, g_fake_scores.logits)
                 if self.attribute_loss is not None:  # AC-GAN: fakes should show the attributes asked for
                     attribute_loss = self.attribute_loss.generator_loss(g_fake_scores.attribute_logits, fake_labels)
                     logs["train/g_attribute_loss"] = attribute_loss.detach()
                     g_loss = g_loss + attribute_loss
                 step = Step(net=self.generator, real=real, fake=fake, fake_features=g_fake_scores.features,
-                            score=g_scores, d_steps=t)  # fmt: skip
+                            score=g_scores, d_steps=t, images_seen=seen, fake_labels=fake_labels)  # fmt: skip
                 g_loss = g_loss + penalties(self.g_regularizers, step, "g", logs)
                 g_opt.zero_grad(set_to_none=True)
                 self.manual_backward(g_loss)
@@ -290,8 +319,11 @@ class GAN(L.LightningModule):
                 self._uncounted_step(g_opt)
             for regularizer in self.g_regularizers:
                 regularizer.after_step(self.generator)
-            if self.ema is not None:
-                self.ema.update(self.generator)  # 3. G's average follows G
+            if self.ema is not None:  # 3. G's average follows G, by the images G learned from since its last update
+                beta = self.ema.beta(batch_images * hp.d_steps_per_g_step / hp.g_steps_per_d_step, seen)
+                self.ema.update(self.generator, beta)
+                if not self.ema.fixed:
+                    logs["train/ema_beta"] = torch.tensor(beta)
             logs["train/g_loss"] = g_loss.detach()
 
         # 4. Every rank's batch-norm statistics to their mean, learning rates, logs
@@ -304,6 +336,7 @@ class GAN(L.LightningModule):
         self.log_dict(logs)  # tensors: the loggers read them on the host at logging intervals only
         self._show_progress(logs)
         self.iteration += 1
+        self.images_seen = seen + batch_images
 
     def _uncounted_step(self, optimizer: Any) -> None:
         """An optimizer step through the strategy, as Lightning's own (precision plugins apply), but
@@ -327,6 +360,19 @@ class GAN(L.LightningModule):
             self.clip_gradients(
                 optimizer, gradient_clip_val=self.hparams.gradient_clip_norm, gradient_clip_algorithm="norm"
             )
+
+    def _follow_schedules(self, optimizers: list[torch.optim.Optimizer], seen: int) -> dict[str, torch.Tensor]:
+        """Sets this iteration's scheduled settings (learning rate, Adam beta2, augmentation
+        probability) after ``seen`` images; returns them as logs."""
+        now = {name: schedules.value(setting, seen) for name, setting in self.optimizer_schedules.items()}
+        for group in (group for optimizer in optimizers for group in optimizer.param_groups):
+            if "lr" in now:
+                group["lr"] = now["lr"]
+            if "beta2" in now:
+                group["betas"] = (group["betas"][0], now["beta2"])
+        if isinstance(self.augment, DiffAugment):
+            now.update(self.augment.follow(seen))
+        return {f"train/{name}": torch.tensor(value) for name, value in now.items()}
 
     def _schedulers(self) -> list[Any]:
         if self.hparams.lr_decay == "none":
@@ -415,6 +461,8 @@ class GAN(L.LightningModule):
     def on_fit_start(self) -> None:
         check_sync_batchnorm(self, self.device)
         data = self.trainer.datamodule
+        if self.images_seen is None:  # resumed from a checkpoint of 0.4: iterations times the global batch
+            self.images_seen = self.iteration * int(getattr(data, "batch_size", 0)) * self.trainer.world_size
         if self.iteration == 0:
             self.genes.fill_pool(data)  # a conditional GAN's attribute rows, from the training data
         reference_from_data(self.discriminator, data, self.hparams.vbn_reference_size, self.hparams.seed)
@@ -423,10 +471,13 @@ class GAN(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["iteration"] = self.iteration
+        checkpoint["images_seen"] = self.images_seen
         checkpoint["images_shown"] = self.images_shown
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.iteration = int(checkpoint.get("iteration", 0))
+        # a checkpoint of 0.4 did not count them: on_fit_start estimates them (growth counted its own)
+        self.images_seen = checkpoint.get("images_seen", checkpoint.get("images_shown") or None)
         if self.grower is not None:
             self.grower.images_shown = int(checkpoint.get("images_shown", 0))
         if self.ema is not None:
@@ -489,8 +540,14 @@ def check_settings(
                     f"model.growth needs networks that grow: model.{name} {type(net).__name__} does not "
                     "(use lightning_faces.nets.ProgressiveGenerator and ProgressiveDiscriminator)"
                 )
-        if growth.learning_rates and hparams.lr_decay != "none":
-            raise FacesError("model.growth.learning_rates and model.lr_decay both set the learning rate: keep one")
+        if growth.learning_rates and (hparams.lr_decay != "none" or hparams.lr is not None):
+            raise FacesError("model.growth.learning_rates and model.lr or lr_decay all set the learning rate: keep one")
+    if hparams.lr is not None and hparams.lr_decay != "none":
+        raise FacesError(
+            "model.lr and model.lr_decay both set the learning rate: keep one (lr takes a Cosine schedule)"
+        )
+    if hparams.ema_ramp is not None and hparams.ema_decay is None and hparams.ema_half_life is None:
+        raise FacesError("model.ema_ramp caps the EMA's half-life, but there is no EMA: set ema_decay or ema_half_life")
 
 
 def check_optimizer(name: str, make: Any) -> None:

@@ -68,6 +68,12 @@ def least_squares_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return 0.5 * (fake_logits - 1.0).square().mean()
 
 
+def relativistic_pairing_loss(winner_logits: torch.Tensor, loser_logits: torch.Tensor) -> torch.Tensor:
+    """RpGAN (Jolicoeur-Martineau 2019; R3GAN): E softplus(-(D(a) - D(b))) over paired examples,
+    which the player minimizes when each of its ``winner`` examples outscores its paired ``loser``."""
+    return F.softplus(loser_logits - winner_logits).mean()
+
+
 def attribute_cross_entropy(attribute_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Multi-label BCE, averaged over images and attributes: -[y log s(l) + (1 - y) log(1 - s(l))]."""
     return F.binary_cross_entropy_with_logits(attribute_logits, targets)
@@ -111,6 +117,7 @@ class Objective(nn.Module):
     D skipping); ``probability`` turns scores into the D(x) and D(G(z)) the logs show."""
 
     threshold = 0.0
+    relativistic = False  # G's loss reads D's real scores: the step scores the reals again with the D just updated
 
     def discriminator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -201,6 +208,36 @@ class LeastSquares(Objective):
 
     def probability(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.clamp(0.0, 1.0)  # D's output is already on the 0..1 scale
+
+
+class RelativisticPairing(Objective):
+    """The relativistic pairing loss (RpGAN), R3GAN's objective: each real image is paired with
+    a fake, and D learns to score the real one higher, G to score its fake higher.
+
+    D minimizes E softplus(-(D(x) - D(G(z)))), G minimizes E softplus(-(D(G(z)) - D(x))). Unlike
+    the non-saturating loss, D cannot win by pushing all fakes down at once, which R3GAN shows
+    removes mode dropping on its own; with R1 and R2 (``regularizers``) it also converges locally.
+    Its readings compare each pair (``readings``).
+    """
+
+    relativistic = True
+
+    def readings(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Pair by pair, as the loss sees them: D(x) is sigmoid(D(x) - D(G(z))), the chance D
+        puts the real image above its paired fake, D(G(z)) the converse, and accuracy the share
+        of pairs D orders right (only differences matter to this loss, not a score's sign)."""
+        difference = real_logits - fake_logits
+        return {
+            "d_real": torch.sigmoid(difference).mean(),
+            "d_fake": torch.sigmoid(-difference).mean(),
+            "d_accuracy": (difference > 0).float().mean(),
+        }
+
+    def discriminator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        return relativistic_pairing_loss(real_logits, fake_logits)
+
+    def generator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        return relativistic_pairing_loss(fake_logits, real_logits)
 
 
 class AttributeLoss(nn.Module):

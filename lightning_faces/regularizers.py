@@ -14,10 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_faces import schedules
 from lightning_faces.errors import FacesError
 from lightning_faces.nets.contract import Scores
+from lightning_faces.schedules import Cosine
 
-Score = Callable[[torch.Tensor], Scores]  # images -> D(augment(images)), with the real images' attributes
+Score = Callable[..., Scores]  # (images, attributes=the real ones) -> D(augment(images), attributes)
 
 
 @dataclass
@@ -28,8 +30,10 @@ class Step:
     real: torch.Tensor  # (B, 3, S, S) in [-1, 1], before augmentation
     fake: torch.Tensor  # G's images, before augmentation (with gradients in G's update)
     fake_features: torch.Tensor  # D's features of the fakes, as the loss saw them
-    score: Score  # images -> D(augment(images), real attributes); in D's update through D's DDP
+    score: Score  # (images, attributes=real ones) -> D(augment(images)); in D's update through D's DDP
     d_steps: int  # D updates before this one (lazy regularization)
+    images_seen: int = 0  # real images trained on before this iteration (schedules)
+    fake_labels: torch.Tensor | None = None  # the attributes G was asked for (conditional GANs)
 
 
 # -- pure functions --------------------------------------------------------------------------
@@ -75,6 +79,8 @@ def penalties(regularizers: Iterable[Regularizer], step: Step, player: str, logs
         penalty = regularizer.penalty(step)
         if penalty is not None:
             logs[f"train/{player}_{regularizer.name}"] = penalty.detach()
+            for setting, number in regularizer.scheduled(step.images_seen).items():
+                logs[f"train/{player}_{regularizer.name}_{setting}"] = torch.tensor(number)
             total = total + penalty
     return total
 
@@ -92,6 +98,10 @@ class Regularizer(nn.Module):
         """The weighted penalty to add, or None when it does not apply at this step."""
         raise NotImplementedError
 
+    def scheduled(self, images_seen: int) -> dict[str, float]:
+        """The settings that follow a schedule, by name, at this point (the step logs them)."""
+        return {}
+
     def after_step(self, net: nn.Module) -> None:
         pass
 
@@ -102,30 +112,60 @@ def _check_weight(name: str, value: float) -> float:
     return value
 
 
-class R1(Regularizer):
+class _ZeroCentred(Regularizer):
+    """gamma/2 E ||grad_x D(x)||^2 on one side's images, every ``every`` D steps (then x every)."""
+
+    def __init__(self, gamma: float | Cosine = 10.0, every: int = 16) -> None:
+        super().__init__()
+        self.gamma = schedules.check(f"{type(self).__name__} gamma", gamma)
+        if every < 1:
+            raise FacesError(f"{type(self).__name__} every must be at least 1, got {every}")
+        self.every = every
+
+    def penalty(self, step: Step) -> torch.Tensor | None:
+        if step.d_steps % self.every != 0:
+            return None
+        gradient_norms = input_gradient_penalty(*self.scored(step))
+        return 0.5 * schedules.value(self.gamma, step.images_seen) * self.every * gradient_norms
+
+    def scored(self, step: Step) -> tuple[Score, torch.Tensor]:
+        """D as it scores the images penalised, and those images: the real ones."""
+        return step.score, step.real
+
+    def scheduled(self, images_seen: int) -> dict[str, float]:
+        return {"gamma": self.gamma(images_seen)} if isinstance(self.gamma, Cosine) else {}
+
+
+class R1(_ZeroCentred):
     """R1 (Mescheder et al., 2018): gamma/2 E ||grad_x D(x)||^2 on real images, for D.
 
     Lazy, as StyleGAN2: computed every ``every`` D steps and multiplied by ``every``, so its
     average strength is the same at a fraction of the cost (each costs a double backward).
 
     Args:
-        gamma: strength (StyleGAN2 uses 10 at 64-256 px; smaller images want less, e.g. 0.1-1).
-        every: D steps between evaluations (StyleGAN2: 16); 1 is the eager penalty.
+        gamma: strength, fixed or a ``schedules.Cosine`` over images seen (StyleGAN2 uses 10 at
+            64-256 px; smaller images want less, e.g. 0.1-1; R3GAN: 2 -> 0.2 at 64 px).
+        every: D steps between evaluations (StyleGAN2: 16); 1 is the eager penalty (R3GAN's).
     """
 
     name = "r1"
 
-    def __init__(self, gamma: float = 10.0, every: int = 16) -> None:
-        super().__init__()
-        self.gamma = _check_weight("R1 gamma", gamma)
-        if every < 1:
-            raise FacesError(f"R1 every must be at least 1, got {every}")
-        self.every = every
 
-    def penalty(self, step: Step) -> torch.Tensor | None:
-        if step.d_steps % self.every != 0:
-            return None
-        return 0.5 * self.gamma * self.every * input_gradient_penalty(step.score, step.real)
+class R2(_ZeroCentred):
+    """R2: gamma/2 E ||grad_x D(x)||^2 on G's images (detached), for D; R3GAN pairs it with R1.
+
+    R1 alone keeps D smooth on the data; R2 also keeps it smooth where the fakes are, which
+    R3GAN shows is what lets the relativistic loss converge.
+
+    Args:
+        gamma: strength, fixed or a ``schedules.Cosine`` over images seen (R3GAN: R1's gamma).
+        every: D steps between evaluations; 1 is the eager penalty (R3GAN's).
+    """
+
+    name = "r2"
+
+    def scored(self, step: Step) -> tuple[Score, torch.Tensor]:
+        return (lambda images: step.score(images, step.fake_labels)), step.fake
 
 
 class GradientPenalty(Regularizer):

@@ -21,7 +21,7 @@ from tests.conftest import tiny_gan
 make_model = tiny_gan
 
 
-def train(tmp_path, model: GAN, steps: int, callbacks=(), data=None, **trainer_kwargs) -> L.Trainer:
+def train(tmp_path, model: GAN, steps: int, callbacks=(), data=None, ckpt_path=None, **trainer_kwargs) -> L.Trainer:
     data = data or SyntheticFacesDataModule(num_images=32, num_val_images=0, image_size=16, batch_size=8)
     trainer = L.Trainer(
         accelerator="cpu",
@@ -34,7 +34,7 @@ def train(tmp_path, model: GAN, steps: int, callbacks=(), data=None, **trainer_k
         plugins=[SafeCheckpointIO()],
         **{"enable_checkpointing": False, **trainer_kwargs},
     )
-    trainer.fit(model, data)
+    trainer.fit(model, data, ckpt_path=ckpt_path)
     return trainer
 
 
@@ -367,7 +367,7 @@ def test_compile_trains_g_and_d_compiled_to_the_weights_of_eager_training(tmp_pa
         model = make_model(compile=compile)
         keys, compiling = set(model.state_dict()), []
         for net in (model.generator, model.discriminator):  # hooks run inside the compiled call
-            net.register_forward_hook(lambda *_: compiling.append(torch.compiler.is_compiling()))
+            net.register_forward_hook(lambda *_, seen=compiling: seen.append(torch.compiler.is_compiling()))
         trainer = train(tmp_path, model, steps=2)
         assert trainer.global_step == 2 and set(model.state_dict()) == keys  # checkpoints unchanged
         trained[compile] = snapshot(model.generator), snapshot(model.discriminator), compiling
