@@ -3,6 +3,7 @@
 from lightning_faces.nets.contract import Scores
 from lightning_faces.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from lightning_faces.nets.progressive import ProgressiveDiscriminator, ProgressiveGenerator
+from lightning_faces.nets.r3gan import R3GANDiscriminator, R3GANGenerator
 from lightning_faces.nets.resnet import ResNetDiscriminator, ResNetGenerator
 
 __all__ = [
@@ -11,6 +12,8 @@ __all__ = [
     "DCGANGenerator",
     "ProgressiveDiscriminator",
     "ProgressiveGenerator",
+    "R3GANDiscriminator",
+    "R3GANGenerator",
     "ResNetDiscriminator",
     "ResNetGenerator",
 ]
