@@ -42,6 +42,7 @@ from lightning_faces.metrics import RESIZES, check_inception_weights, make_fid, 
 from lightning_faces.module import GAN
 
 CONFIGS = REPO / "configs"
+OVERLAYS = REPO / "benchmarks" / "overlays"
 
 
 def flags_of(values: dict[str, Any], prefix: str) -> list[str]:
@@ -85,6 +86,9 @@ CANDIDATES: dict[str, tuple[list[str], list[str]]] = {
     "progressive-fixed": (["progressive.yaml"], [*PROGRESSIVE_CPU, "--model.growth", "null"]),
     # half the phases' images: 32x32 fully in after 80k images (about 2.5 of 6 CPU minutes)
     "progressive-short": (["progressive.yaml"], [*PROGRESSIVE_CPU, *PROGRESSIVE_CPU_GROWTH, *PROGRESSIVE_SHORT]),
+    # R3GAN at CPU sizes (their widths set per resolution, so --width does not apply; see the overlays)
+    "r3gan": (["r3gan.yaml"], ["--config", str(OVERLAYS / "r3gan_cpu.yaml")]),
+    "r3gan-wide": (["r3gan.yaml"], ["--config", str(OVERLAYS / "r3gan_cpu_wide.yaml")]),
 }
 
 
@@ -278,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "config": name,
                     "seed": seed,
                     "iterations": iterations,
-                    "images seen": int(saved.get("images_shown") or iterations * args.train_batch_size),
+                    "images seen": int(saved.get("images_seen") or iterations * args.train_batch_size),
                     **score(real, fake, args),
                 }
             )
