@@ -540,8 +540,9 @@ def check_settings(
                     f"model.growth needs networks that grow: model.{name} {type(net).__name__} does not "
                     "(use lightning_faces.nets.ProgressiveGenerator and ProgressiveDiscriminator)"
                 )
-        if growth.learning_rates and (hparams.lr_decay != "none" or hparams.lr is not None):
-            raise FacesError("model.growth.learning_rates and model.lr or lr_decay all set the learning rate: keep one")
+        for other in ("lr_decay", "lr") if growth.learning_rates else ():
+            if hparams[other] not in (None, "none"):
+                raise FacesError(f"model.growth.learning_rates and model.{other} both set the learning rate: keep one")
     if hparams.lr is not None and hparams.lr_decay != "none":
         raise FacesError(
             "model.lr and model.lr_decay both set the learning rate: keep one (lr takes a Cosine schedule)"
