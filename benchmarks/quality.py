@@ -76,6 +76,8 @@ CANDIDATES: dict[str, tuple[list[str], list[str]]] = {
         ["--model.fresh_latents", "true", "--model.channels_last", "false"],
     ),
     "dcgan+ema+bf16": (["dcgan.yaml", "ema.yaml"], ["--trainer.precision", "bf16-mixed"]),
+    # the EMA's half-life capped at 5% of the images seen (StyleGAN2-ADA's ramp)
+    "dcgan+ema+ramp": (["dcgan.yaml", "ema.yaml"], ["--model.ema_ramp", "0.05"]),
     # no known step count to decay to under a time budget: constant learning rates
     "sngan": (["sngan.yaml"], ["--model.lr_decay", "none"]),
     "sngan+ema": (["sngan.yaml", "ema.yaml"], ["--model.lr_decay", "none"]),
