@@ -1,6 +1,8 @@
+import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from PIL import Image
 
 from lightning_faces.cli import make_cli
@@ -141,6 +143,23 @@ def test_celeba_without_valid_rows_skips_validation_with_a_warning(tmp_path):
     assert module.val_dataloader() == []
     with pytest.raises(FacesError, match="no validation split with images"):
         CelebADataModule(data_dir=str(root), image_size=16, batch_size=2, num_workers=0).setup("validate")
+    with pytest.raises(FacesError, match="test split has no images"):
+        module.setup("test")
+    with pytest.raises(FacesError, match="CelebA split 'valid' under .* has no images to compare against"):
+        module.real_images("valid")  # FID's real side: refused, even with the empty split set up
+
+
+def test_testing_on_an_image_folder_says_it_has_no_test_split(tmp_path):
+    for index in range(4):
+        (tmp_path / "faces").mkdir(exist_ok=True)
+        face_like_image(index).save(tmp_path / "faces" / f"{index}.png")
+    module = ImageFolderDataModule(str(tmp_path / "faces"), image_size=16, batch_size=2, num_workers=0,
+                                   prepared_dir=str(tmp_path / "prepared"))  # fmt: skip
+    trainer = L.Trainer(logger=False, enable_progress_bar=False)
+    trainer.state.fn = TrainerFn.TESTING
+    module.trainer = trainer
+    module.prepare_data()  # nothing to prepare for test: a folder has no test split
+    assert not (tmp_path / "prepared").exists()
     with pytest.raises(FacesError, match="test split has no images"):
         module.setup("test")
 

@@ -295,7 +295,8 @@ class FaceDataModule(L.LightningDataModule):
     def splits_in_use(self) -> list[Split]:
         """The splits the trainer's current stage reads."""
         stage = self.trainer.state.fn.value if self.trainer is not None and self.trainer.state.fn else "fit"
-        return {"fit": self.fit_splits(), "validate": self.fit_splits()[1:], "test": ["test"]}.get(stage, [])
+        test = [self.source.test_split] if self.source.test_split else []
+        return {"fit": self.fit_splits(), "validate": self.fit_splits()[1:], "test": test}.get(stage, [])
 
     def train_dataset(self) -> Dataset:
         split = self.source.train_split
@@ -316,10 +317,9 @@ class FaceDataModule(L.LightningDataModule):
     def real_images(self, split: Split) -> Dataset:
         """Real images of a split, preprocessed as for training but never flipped (for FID)."""
         split = self.source.resolve(split)
-        if split == self.source.train_split and self.train_set is not None:
-            return self.train_set  # drawn faces: not drawn again
-        if split == self.source.val_split and self.val_set is not None:
-            return self.val_set
+        drawn = {self.source.train_split: self.train_set, self.source.val_split: self.val_set}.get(split)
+        if not self.source.files and drawn is not None:
+            return drawn  # in memory already: not drawn again (files are read afresh, as FID's key counts them)
         dataset = self.split_dataset(split, build=False)
         if len(dataset) == 0:  # type: ignore[arg-type]
             raise FacesError(f"{self.source.where(split)} has no images to compare against")
@@ -432,11 +432,11 @@ class FaceDataModule(L.LightningDataModule):
         return rows[picked][:, self.attribute_columns].float()
 
     def reference_images(self, count: int, seed: int) -> torch.Tensor:
-        """``count`` training images (uint8, (count, 3, S, S)) drawn without replacement from
+        """``count`` training images (count, 3, S, S) in [-1, 1], drawn without replacement from
         ``seed``: the fixed reference batch of a D with virtual batch norm."""
         dataset = self.train_set if self.train_set is not None else self.train_dataset()
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]  # type: ignore[arg-type]
-        return torch.stack([dataset[int(i)][0] for i in order])
+        return to_float(torch.stack([dataset[int(i)][0] for i in order]))
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self.trainer is not None and self.trainer.predicting:

@@ -7,7 +7,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_faces.data.images import to_float
 from lightning_faces.errors import FacesError
 
 
@@ -63,7 +62,7 @@ def reference_from_data(discriminator: nn.Module, data: Any, size: int, seed: in
     if not hasattr(data, "reference_images"):
         raise FacesError("virtual batch norm in D needs a datamodule with reference_images (the lightning_faces ones)")
     device = next(discriminator.parameters()).device
-    discriminator.set_reference(to_float(data.reference_images(size, seed).to(device)))
+    discriminator.set_reference(data.reference_images(size, seed).to(device))
 
 
 class ReferenceBatchMixin:
