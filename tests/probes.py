@@ -24,6 +24,7 @@ class DumpState(L.Callback):
                 [int(s["step"]) for s in optimizer.state_dict()["state"].values()] for optimizer in trainer.optimizers
             ],
             "iteration": module.iteration,
+            "images_seen": module.images_seen,
             "global_step": trainer.global_step,
             "world_size": trainer.world_size,
         }

@@ -119,6 +119,23 @@ def test_ranks_hold_identical_spectral_norm_vectors_with_r1_and_diffaugment(tmp_
     assert states[0]["iteration"] == 6
 
 
+def test_ranks_hold_identical_networks_with_the_modern_recipe(tmp_path, fake_celeba):
+    # configs/r3gan.yaml: RpGAN, R1 and R2 at every D step (two double backwards through D's DDP
+    # wrapper), an EMA by half-life with its ramp (its beta read from the images seen, counted
+    # over both ranks), scheduled lr and beta2, and DiffAugment on every image (random per rank)
+    # (the config's half-life starts at 0, an EMA equal to G: here a fixed one, capped by the ramp)
+    extra = ["--model.augment.init_args.probability", "1.0", "--model.ema_half_life", "1000"]
+    states = fit(tmp_path, fake_celeba, "r3", devices=2, batch_size=4, extra=extra, config="r3gan.yaml")
+    rank0, rank1 = states[0]["state_dict"], states[1]["state_dict"]
+    assert "discriminator.pool.weight" in rank0  # R3GAN's networks
+    for name, value in rank0.items():
+        assert torch.equal(value, rank1[name]), f"{name} differs between ranks"
+    assert max_difference(rank0, {k.replace("generator_ema.", "generator."): v for k, v in rank0.items()}, "generator.") > 0
+    assert states[0]["images_seen"] == states[1]["images_seen"] == 6 * 4 * 2  # counted over both ranks
+    betas = [value for _, value in logged(tmp_path, "r3", "train/ema_beta")]
+    assert len(betas) == 6 and 0 <= betas[0] < betas[-1] < 1  # the ramp lengthens the average as images come
+
+
 def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(tmp_path, fake_celeba):
     """16 training images: 1 process x batch 16 and 2 processes x batch 8 see all 16 in every
     iteration (one batch per epoch), so they take the same gradient steps on the same latents.
