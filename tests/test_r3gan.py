@@ -55,6 +55,56 @@ def test_rpgan_pairs_each_real_with_a_fake_for_both_players():
     assert readings["d_real"] + readings["d_fake"] == pytest.approx(1.0)
 
 
+def test_one_rpgan_iteration_moves_both_players_as_a_hand_written_rpgan_step(tmp_path):
+    """D then G by plain SGD on R3GAN's networks (no normalization: the same numbers batch or no
+    batch), against D <- D - lr grad softplus(-(D(x) - D(G(z)))), then with that D,
+    G <- G - lr grad softplus(-(D(G(z)) - D(x)))."""
+    import copy
+
+    torch.manual_seed(0)
+    nets = {"width": 8, "blocks": 1, "expansion": 1, "group_size": 4, "image_size": 16}
+    generator, discriminator = R3GANGenerator(latent_dim=8, **nets), R3GANDiscriminator(**nets)
+    for layer in [*generator.modules(), *discriminator.modules()]:  # leave the zero start: every weight matters
+        if isinstance(layer, torch.nn.Conv2d) and not layer.weight.any():
+            torch.nn.init.normal_(layer.weight, 0, 0.1)
+    g, d = copy.deepcopy(generator), copy.deepcopy(discriminator)
+    start_g, start_d = copy.deepcopy(generator), copy.deepcopy(discriminator)
+    lr = 0.05
+    model = GAN(generator, discriminator, objective=RelativisticPairing(), num_fixed_samples=4, channels_last=False,
+                g_optimizer=lambda p: torch.optim.SGD(p, lr=lr), d_optimizer=lambda p: torch.optim.SGD(p, lr=lr))  # fmt: skip
+    inputs: dict[str, torch.Tensor] = {}
+
+    def record(name: str):  # the first input each network sees: the iteration's z and real batch
+        def hook(module, args) -> None:
+            inputs.setdefault(name, args[0].detach().clone())
+
+        return hook
+
+    generator.register_forward_pre_hook(record("z"))
+    discriminator.register_forward_pre_hook(record("x"))
+    train(tmp_path, model, steps=1)  # one iteration: D's step, then G's
+
+    assert inputs["z"].shape == (8, 8) and inputs["x"].shape == (8, 3, 16, 16)  # the iteration's batch of 8
+    softplus = torch.nn.functional.softplus
+    fake = g(inputs["z"])
+    d_loss = softplus(-(d(inputs["x"]).logits - d(fake.detach()).logits)).mean()
+    d_grads = torch.autograd.grad(d_loss, list(d.parameters()))
+    with torch.no_grad():
+        for parameter, grad in zip(d.parameters(), d_grads, strict=True):
+            parameter -= lr * grad
+        real_logits = d(inputs["x"]).logits
+    g_loss = softplus(-(d(fake).logits - real_logits)).mean()
+    g_grads = torch.autograd.grad(g_loss, list(g.parameters()))
+    with torch.no_grad():
+        for parameter, grad in zip(g.parameters(), g_grads, strict=True):
+            parameter -= lr * grad
+    for trained, by_hand in [(discriminator, d), (generator, g)]:
+        for (name, a), b in zip(trained.named_parameters(), by_hand.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    for moved, start in [(d, start_d), (g, start_g)]:  # and the step was no small one
+        assert max(float((a - b).abs().max()) for a, b in zip(moved.parameters(), start.parameters(), strict=True)) > 1e-3
+
+
 def energy_critic(images: torch.Tensor, labels: torch.Tensor | None = None) -> Scores:
     """D(x) = ||x||^2 / 2 per image (+ 10 per attribute switched on): its input gradient is x."""
     logits = images.flatten(1).square().sum(1) / 2
