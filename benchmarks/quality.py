@@ -12,7 +12,8 @@ scored against real images held out from training:
 
 The split: of the data folder's CelebA images, a seeded random ``--held-out`` are held out (the
 real side of every score) and the rest are the training set. Inception runs once per image set
-(real features cached in the work folder). On a 2-core CPU, train at 32x32 with CPU-sized widths
+(real features cached in the work folder, each run's beside its checkpoint with
+``scored.png``, the first 64 images scored). On a 2-core CPU, train at 32x32 with CPU-sized widths
 (``--image-size 32 --width 32``, the defaults); on a GPU, 64x64 with the configs' own widths.
 
     python -m benchmarks.quality --data-dir ../shared/celeba-sample --minutes 8 --seeds 0 1 \\
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import time
 import warnings
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +36,12 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader
+from torchvision.utils import save_image
 from tqdm import tqdm
 
 from benchmarks.common import REPO, repo_env, table, write_json
 from lightning_faces.data import ImageFolder, to_uint8
+from lightning_faces.files import atomic_path
 from lightning_faces.metrics import RESIZES, check_inception_weights, make_fid, real_sample
 from lightning_faces.module import GAN
 
@@ -76,8 +80,8 @@ CANDIDATES: dict[str, tuple[list[str], list[str]]] = {
         ["--model.fresh_latents", "true", "--model.channels_last", "false"],
     ),
     "dcgan+ema+bf16": (["dcgan.yaml", "ema.yaml"], ["--trainer.precision", "bf16-mixed"]),
-    # the EMA's half-life capped at 5% of the images seen (StyleGAN2-ADA's ramp)
-    "dcgan+ema+ramp": (["dcgan.yaml", "ema.yaml"], ["--model.ema_ramp", "0.05"]),
+    # ema.yaml before its ramp (decay 0.999 from G's untrained start)
+    "dcgan+ema-ramp": (["dcgan.yaml", "ema.yaml"], ["--model.ema_ramp", "null"]),
     # no known step count to decay to under a time budget: constant learning rates
     "sngan": (["sngan.yaml"], ["--model.lr_decay", "none"]),
     "sngan+ema": (["sngan.yaml", "ema.yaml"], ["--model.lr_decay", "none"]),
@@ -91,6 +95,11 @@ CANDIDATES: dict[str, tuple[list[str], list[str]]] = {
     # R3GAN at CPU sizes (their widths set per resolution, so --width does not apply; see the overlays)
     "r3gan": (["r3gan.yaml"], ["--config", str(OVERLAYS / "r3gan_cpu.yaml")]),
     "r3gan-wide": (["r3gan.yaml"], ["--config", str(OVERLAYS / "r3gan_cpu_wide.yaml")]),
+    # ablation: the CPU recipe without R3GAN's networks (DCGAN's, at --width)
+    "r3gan-dcgan-nets": (
+        ["r3gan.yaml"],
+        ["--config", str(OVERLAYS / "r3gan_cpu.yaml"), "--config", str(OVERLAYS / "r3gan_cpu_dcgan_nets.yaml")],
+    ),
 }
 
 
@@ -145,7 +154,8 @@ def real_features(folder: Path, args: argparse.Namespace, extractor: nn.Module, 
         return torch.load(cache, weights_only=True)
     loader = DataLoader(ImageFolder(folder, args.image_size, args.crop), batch_size=args.batch_size)
     features = features_of((images for images, _ in loader), extractor, device, "held-out images")
-    torch.save(features, cache)
+    with atomic_path(cache) as tmp:
+        torch.save(features, tmp)
     return features
 
 
@@ -155,6 +165,25 @@ def fake_batches(checkpoint: Path, args: argparse.Namespace, device: torch.devic
     for start in range(0, args.samples, args.batch_size):
         count = min(args.batch_size, args.samples - start)
         yield to_uint8(model.generate(*model.genes.sample(count, seeded)))
+
+
+def fake_features(
+    checkpoint: Path, args: argparse.Namespace, extractor: nn.Module, device: torch.device, what: str
+) -> torch.Tensor:
+    """Features of ``--samples`` images of a run's generator, cached beside its checkpoint (a table
+    that gains a seed or a candidate scores only the new runs)."""
+    extractor_name = (args.feature_extractor or "inception").rpartition(".")[2]
+    cache = checkpoint.with_name(f"features-{extractor_name}-{args.samples}-{args.resize}.pt")
+    if cache.exists() and cache.stat().st_mtime >= checkpoint.stat().st_mtime:
+        return torch.load(cache, weights_only=True)
+    batches = fake_batches(checkpoint, args, device)
+    first = next(batches)  # the scored images' first 64, as a grid to look at
+    with atomic_path(checkpoint.with_name("scored.png")) as tmp:
+        save_image(first[:64].float() / 255, tmp, nrow=8, padding=1, format="png")
+    features = features_of(chain([first], batches), extractor, device, what)
+    with atomic_path(cache) as tmp:
+        torch.save(features, tmp)
+    return features
 
 
 def score(real: torch.Tensor, fake: torch.Tensor, args: argparse.Namespace) -> dict[str, float]:
@@ -277,7 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
             run = train(name, seed, train_dir, args)
             checkpoint = run / "checkpoints" / "final.ckpt"
             saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            fake = features_of(fake_batches(checkpoint, args, device), extractor, device, f"{name} seed {seed}")
+            fake = fake_features(checkpoint, args, extractor, device, f"{name} seed {seed}")
             iterations = int(saved["iteration"])
             rows.append(
                 {

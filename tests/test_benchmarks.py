@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from benchmarks import data, quality, train
 
@@ -85,7 +86,7 @@ def test_training_benchmark_times_both_loops(fake_celeba, tmp_path):
     assert written["benchmark"] == "train" and written["ratio"] == pytest.approx(result["ratio"])
 
 
-def test_quality_benchmark_trains_each_config_per_seed_and_scores_held_out_images(fake_celeba, tmp_path, capsys):
+def test_quality_benchmark_trains_each_config_per_seed_and_scores_held_out_images(fake_celeba, tmp_path, capsys, monkeypatch):
     args = ["--data-dir", str(fake_celeba), "--candidates", "dcgan", "sngan+ema", "--seeds", "0", "1"]
     args += ["--minutes", "0.03", "--image-size", "16", "--width", "4", "--train-batch-size", "4"]
     args += ["--held-out", "8", "--samples", "8", "--kid-subsets", "3", "--kid-subset-size", "4"]
@@ -112,3 +113,14 @@ def test_quality_benchmark_trains_each_config_per_seed_and_scores_held_out_image
     assert sngan["hyper_parameters"]["ema_decay"] == 0.999 and sngan["hyper_parameters"]["seed"] == 1
     out = capsys.readouterr().out
     assert "| sngan+ema" in out and "8 held-out real vs 8 generated images" in out
+    grid = Image.open(tmp_path / "work" / "runs" / "dcgan" / "version_0" / "checkpoints" / "scored.png")
+    assert grid.size == (8 * 16 + 9, 16 + 2)  # the 8 scored images of 16 px in a row, to look at
+
+    def no_inception(*args, **kwargs):
+        raise AssertionError("features computed again")
+
+    monkeypatch.setattr(quality, "features_of", no_inception)  # a second call: every run and score cached
+    again = quality.main([*args, "--json", str(tmp_path / "again.json")])
+    assert [(row["config"], row["seed"], row["kid"]) for row in again["runs"]] == [
+        (row["config"], row["seed"], row["kid"]) for row in runs
+    ]
