@@ -1,11 +1,13 @@
 """How the package is built, checked where it is a promise: Lightning's private members touched
-only where README says so, and no import cycles."""
+only where README says so, no import cycles, and the linter and formatter satisfied."""
 
 from __future__ import annotations
 
 import ast
 import inspect
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning.pytorch as lp
@@ -122,3 +124,12 @@ def test_the_package_has_no_import_cycles():
         if name not in done:
             visit(name, [name])
     assert not cycles
+
+
+def test_the_code_passes_the_linter_and_the_formatter():
+    # ruff's settings are in pyproject.toml; a failure prints what to fix (`ruff check --fix .`,
+    # `ruff format .`)
+    root = PACKAGE.parent
+    for command in (["check", "--no-cache", "."], ["format", "--check", "--no-cache", "."]):
+        result = subprocess.run([sys.executable, "-m", "ruff", *command], cwd=root, capture_output=True, text=True)
+        assert result.returncode == 0, f"ruff {' '.join(command)}:\n{result.stdout[-3000:]}{result.stderr[-1000:]}"

@@ -71,7 +71,8 @@ def test_one_rpgan_iteration_moves_both_players_as_a_hand_written_rpgan_step(tmp
     start_g, start_d = copy.deepcopy(generator), copy.deepcopy(discriminator)
     lr = 0.05
     model = GAN(generator, discriminator, objective=RelativisticPairing(), num_fixed_samples=4, channels_last=False,
-                g_optimizer=lambda p: torch.optim.SGD(p, lr=lr), d_optimizer=lambda p: torch.optim.SGD(p, lr=lr))  # fmt: skip
+                g_optimizer=lambda p: torch.optim.SGD(p, lr=lr),
+                d_optimizer=lambda p: torch.optim.SGD(p, lr=lr))  # fmt: skip
     inputs: dict[str, torch.Tensor] = {}
 
     def record(name: str):  # the first input each network sees: the iteration's z and real batch
@@ -102,7 +103,8 @@ def test_one_rpgan_iteration_moves_both_players_as_a_hand_written_rpgan_step(tmp
         for (name, a), b in zip(trained.named_parameters(), by_hand.parameters(), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     for moved, start in [(d, start_d), (g, start_g)]:  # and the step was no small one
-        assert max(float((a - b).abs().max()) for a, b in zip(moved.parameters(), start.parameters(), strict=True)) > 1e-3
+        pairs = zip(moved.parameters(), start.parameters(), strict=True)
+        assert max(float((a - b).abs().max()) for a, b in pairs) > 1e-3
 
 
 def energy_critic(images: torch.Tensor, labels: torch.Tensor | None = None) -> Scores:
@@ -272,9 +274,10 @@ def test_a_run_resumed_mid_schedule_ends_with_the_weights_of_the_uninterrupted_r
     train(tmp_path, resumed, steps=7, ckpt_path=tmp_path / "mid.ckpt")
     assert resumed.images_seen == uninterrupted.images_seen == 56
     expected = uninterrupted.state_dict()
-    for name, value in resumed.state_dict().items():  # G, D, the EMA, the genes
-        torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=name)
-    assert not torch.equal(expected["generator_ema.to_rgb.weight"], recipe().state_dict()["generator_ema.to_rgb.weight"])
+    for name, tensor in resumed.state_dict().items():  # G, D, the EMA, the genes
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0, msg=name)
+    start = recipe().state_dict()["generator_ema.to_rgb.weight"]
+    assert not torch.equal(expected["generator_ema.to_rgb.weight"], start)
 
 
 def test_g_s_relativistic_loss_reads_the_reals_as_the_d_just_updated_scores_them(tmp_path):
