@@ -13,8 +13,13 @@ Conventions shared by ``generate``, ``interpolate`` and ``serve``:
 - **Seeds.** Face ``seed`` has the latent ``torch.randn(latent_dim)`` drawn by a CPU generator
   seeded with ``seed``; a conditional model's attributes for it are then a row of the pool
   drawn by the same generator. ``generate --seed 5 --num 3`` renders seeds 5, 6, 7.
-- **Truncation** shrinks latents toward the mean of their distribution (0 for N(0, I)):
-  ``z' = psi * z``, psi in (0, 1]; 1 leaves them alone (StyleGAN's psi, applied to z).
+- **Truncation** pulls a face toward the average face, psi in [0, 1]: 1 leaves it alone, 0
+  gives the average itself. It works at the end of G's first block (``stem``), where
+  StyleGAN's idea has an average to pull toward: features f become ``mean + psi * (f - mean)``,
+  the mean taken over a fixed draw of latents (per attribute row for a conditional model).
+  Shrinking z itself (``psi * z``) would not do: the first layer is linear in z, so its mean
+  is the face of z = 0, far inside the shell where N(0, I) latents lie, and G never saw it
+  (at psi 0.2 every face was the same brown blob).
 - **Output.** Images are in [-1, 1]; ``to_uint8`` turns them into bytes.
 """
 
@@ -41,6 +46,9 @@ from lightning_faces.sampling import seed_genes, with_values
 NETWORKS = "lightning_faces.nets."
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "user/name"
 MAX_BATCH = 256  # images rendered per forward pass
+AVERAGE_SEED = 2**31 - 1  # the fixed draw of latents the average face is taken over
+AVERAGE_SAMPLES = 2048  # latents averaged for an unconditional model's average face
+AVERAGE_SAMPLES_PER_ROW = 256  # ... and for each attribute row of a conditional one
 MODEL_CARD = """---
 {{ card_data }}
 ---
@@ -119,6 +127,7 @@ class FaceGenerator(
             raise FacesError("a conditional generator needs a pool of attribute rows (pool_size >= 1)")
         self.register_buffer("attribute_pool", torch.zeros(pool_size, len(self.attributes)))
         self.ema, self.source = ema, source
+        self._average: torch.Tensor | None = None  # the unconditional average face's features, once known
 
     @property
     def latent_dim(self) -> int:
@@ -155,24 +164,52 @@ class FaceGenerator(
 
     # genes -> images
     @torch.no_grad()
-    def forward(self, latents: torch.Tensor, attributes: torch.Tensor | None = None) -> torch.Tensor:
-        """Latents (B, latent_dim) [and attributes (B, A) in [0, 1]] -> images (B, 3, S, S) in [-1, 1]."""
+    def forward(
+        self, latents: torch.Tensor, attributes: torch.Tensor | None = None, truncation: float = 1.0
+    ) -> torch.Tensor:
+        """Latents (B, latent_dim) [and attributes (B, A) in [0, 1]] -> images (B, 3, S, S) in [-1, 1],
+        each pulled toward the average face by ``truncation`` (psi: 1 none, 0 the average)."""
+        check_truncation(truncation)
         if self.attributes and attributes is None:
             raise FacesError(f"this generator is conditioned on {', '.join(self.attributes)}: pass their values")
         images = []
         for start in range(0, len(latents), MAX_BATCH):
             z = latents[start : start + MAX_BATCH].to(self.device, torch.float32)
             labels = None if not self.attributes else attributes[start : start + MAX_BATCH].to(self.device).float()
-            images.append(enlarge(self.network(z, labels), self.image_size))  # a run stopped mid-growth: enlarged
+            features = self.network.stem(z, labels)
+            if truncation < 1.0:
+                features = torch.lerp(self.average_features(labels), features, truncation)
+            image = self.network.synthesize(features)
+            images.append(enlarge(image, self.image_size))  # a run stopped mid-growth: enlarged
         return torch.cat(images)
+
+    @torch.no_grad()
+    def average_features(self, attributes: torch.Tensor | None = None) -> torch.Tensor:
+        """The average face's features: G's ``stem`` averaged over a fixed draw of latents, (1, ...)
+        for an unconditional model (computed once), (B, ...) for attribute rows (B, A)."""
+        draw = torch.Generator().manual_seed(AVERAGE_SEED)
+        if not self.attributes:
+            if self._average is None or self._average.device != self.device:
+                z = torch.randn(AVERAGE_SAMPLES, self.latent_dim, generator=draw).to(self.device)
+                total = sum(self.network.stem(part).double().sum(0) for part in z.split(MAX_BATCH))
+                self._average = (total / AVERAGE_SAMPLES).float()[None]
+            return self._average
+        z = torch.randn(AVERAGE_SAMPLES_PER_ROW, self.latent_dim, generator=draw).to(self.device)
+        rows, index = torch.unique(attributes.float(), dim=0, return_inverse=True)
+        means = torch.stack([self.network.stem(z, row.expand(len(z), -1)).mean(0) for row in rows])
+        return means[index]
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        self._average = None  # new weights, a new average face
+        return super().load_state_dict(*args, **kwargs)
 
     def render(
         self, latents: torch.Tensor, attributes: torch.Tensor | None = None, truncation: float = 1.0
     ) -> torch.Tensor:
-        """As ``forward`` with truncation applied to the latents; returns uint8 (B, 3, S, S) on the CPU."""
+        """As ``forward``; returns uint8 (B, 3, S, S) on the CPU."""
         from lightning_faces.data import to_uint8
 
-        return to_uint8(self(truncate(latents, truncation), attributes)).cpu()
+        return to_uint8(self(latents, attributes, truncation)).cpu()
 
     def render_seeds(
         self, seeds: Sequence[int], values: dict[str, float] | None = None, truncation: float = 1.0
@@ -182,11 +219,11 @@ class FaceGenerator(
         return self.render(latents, attributes, truncation)
 
 
-def truncate(latents: torch.Tensor, truncation: float) -> torch.Tensor:
-    """Shrinks latents toward their distribution's mean (0): ``psi * z`` with psi = ``truncation``."""
-    if not 0.0 < truncation <= 1.0:
-        raise FacesError(f"truncation must be in (0, 1] (1: none; 0.7 is usual), got {truncation}")
-    return latents * truncation
+def check_truncation(truncation: float) -> float:
+    """Refuses a psi outside [0, 1] in one line."""
+    if not 0.0 <= truncation <= 1.0:
+        raise FacesError(f"truncation must be in [0, 1] (1: none, 0: the average face; 0.7 is usual), got {truncation}")
+    return truncation
 
 
 def from_checkpoint(path: str | Path, ema: bool = True) -> FaceGenerator:

@@ -86,7 +86,9 @@ def test_training_benchmark_times_both_loops(fake_celeba, tmp_path):
     assert written["benchmark"] == "train" and written["ratio"] == pytest.approx(result["ratio"])
 
 
-def test_quality_benchmark_trains_each_config_per_seed_and_scores_held_out_images(fake_celeba, tmp_path, capsys, monkeypatch):
+def test_quality_benchmark_trains_each_config_per_seed_and_scores_held_out_images(
+    fake_celeba, tmp_path, capsys, monkeypatch
+):
     args = ["--data-dir", str(fake_celeba), "--candidates", "dcgan", "sngan+ema", "--seeds", "0", "1"]
     args += ["--minutes", "0.03", "--image-size", "16", "--width", "4", "--train-batch-size", "4"]
     args += ["--held-out", "8", "--samples", "8", "--kid-subsets", "3", "--kid-subset-size", "4"]
@@ -124,3 +126,16 @@ def test_quality_benchmark_trains_each_config_per_seed_and_scores_held_out_image
     assert [(row["config"], row["seed"], row["kid"]) for row in again["runs"]] == [
         (row["config"], row["seed"], row["kid"]) for row in runs
     ]
+
+
+def test_truncation_benchmark_compares_both_ways_and_writes_grids(checkpoints, tmp_path, capsys):
+    from benchmarks import truncation
+
+    payload = truncation.main(
+        [str(checkpoints["plain"]), "--samples", "12", "--psi", "1", "0.5", "0", "--out", str(tmp_path)]
+    )
+    spread = {(row["way"], row["psi"]): row["pixel spread"] for row in payload["rows"]}
+    assert spread[("first block", 1.0)] == spread[("latent", 1.0)] > 0  # psi 1: both leave faces alone
+    assert spread[("first block", 0.0)] == 0.0 < spread[("first block", 0.5)] < spread[("first block", 1.0)]
+    assert (tmp_path / "first-block.png").is_file() and (tmp_path / "latent.png").is_file()
+    assert "| first block | 0.5" in capsys.readouterr().out

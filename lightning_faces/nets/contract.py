@@ -2,6 +2,9 @@
 
 - ``G(z, labels=None) -> images``: latents (B, G.latent_dim) to images (B, 3, S, S) in [-1, 1],
   with ``G.latent_dim``, ``G.image_size`` and ``G.attributes`` (names, empty if unconditional).
+- ``G.stem(z, labels=None) -> features`` and ``G.synthesize(features) -> images``, with
+  ``G(z, labels) == G.synthesize(G.stem(z, labels))``: the split at the end of G's first block,
+  where truncation pulls faces toward the average face (``generator.FaceGenerator.render``).
 - ``D(x, labels=None) -> Scores(logits, features, attribute_logits)``: images (B, 3, S, S) to
   real/fake scores (B,), the activations (B, ...) of one hidden layer, which feature matching
   compares, and, for a D with an auxiliary classifier, attribute logits (B, A) (else None).

@@ -91,9 +91,18 @@ class DCGANGenerator(ReferenceBatchMixin, nn.Module):
         return self.net(z.view(z.shape[0], -1, 1, 1))
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.synthesize(self.stem(z, labels))
+
+    def stem(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The first block's activations (B, C, 4, 4): project and reshape, norm, ReLU."""
         if uses_virtual_batch_norm(self):
-            self._collect_reference_statistics()
-        return self._body(self.input(z, labels))
+            self._collect_reference_statistics()  # every layer's statistics, for this call
+        z = self.input(z, labels)
+        return self.net[:3](z.view(z.shape[0], -1, 1, 1))
+
+    def synthesize(self, features: torch.Tensor) -> torch.Tensor:
+        """``stem``'s activations -> images."""
+        return self.net[3:](features)
 
 
 class DCGANDiscriminator(ReferenceBatchMixin, nn.Module):

@@ -166,9 +166,16 @@ class ProgressiveGenerator(_Growing):
         self._init_state(levels)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.synthesize(self.stem(z, labels))
+
+    def stem(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The 4x4 block's activations (B, C4, 4, 4): dense layer, then 3x3 conv."""
         z = pixel_norm(self.input(z, labels))
-        x = pixel_norm(_lrelu(self.first(z).view(z.shape[0], -1, 4, 4)))  # (B, C4, 4, 4)
-        x = pixel_norm(_lrelu(self.first_conv(x)))
+        x = pixel_norm(_lrelu(self.first(z).view(z.shape[0], -1, 4, 4)))
+        return pixel_norm(_lrelu(self.first_conv(x)))
+
+    def synthesize(self, x: torch.Tensor) -> torch.Tensor:
+        """``stem``'s activations -> images at the current level's resolution."""
         level, alpha = int(self.level), float(self.alpha)
         below = x
         for block in self.blocks[:level]:

@@ -164,10 +164,17 @@ class R3GANGenerator(nn.Module):
         self.to_rgb = he_init(nn.Conv2d(previous, 3, 1, bias=False), 1.0)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.synthesize(self.stem(z, labels))
+
+    def stem(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The 4x4 stage's output (B, C, 4, 4): the basis weighted by z, then the stage's blocks."""
         if self.embed is not None:
             z = torch.cat([z, self.embed(signed(labels, self.attributes, "the generator").to(z.dtype))], dim=1)
-        h = self.basis * self.coefficients(z)[:, :, None, None]  # (B, C, 4, 4)
-        return self.to_rgb(self.stages(h))  # (B, 3, S, S)
+        return self.stages[0](self.basis * self.coefficients(z)[:, :, None, None])
+
+    def synthesize(self, features: torch.Tensor) -> torch.Tensor:
+        """``stem``'s output -> images (B, 3, S, S), not clipped."""
+        return self.to_rgb(self.stages[1:](features))
 
 
 class R3GANDiscriminator(nn.Module):

@@ -112,8 +112,16 @@ class ResNetGenerator(nn.Module):
         self.to_rgb = _init(nn.Conv2d(width, channels, 3, 1, 1), 1.0)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.synthesize(self.stem(z, labels))
+
+    def stem(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The first block's output (B, C, 8, 8): the projection to 4x4, then one residual block."""
         h = self.project(self.input(z, labels)).view(z.shape[0], self.first_channels, 4, 4)
-        h = self.blocks(h)  # (B, width, S, S)
+        return self.blocks[0](h)
+
+    def synthesize(self, features: torch.Tensor) -> torch.Tensor:
+        """``stem``'s output -> images."""
+        h = self.blocks[1:](features)  # (B, width, S, S)
         return torch.tanh(self.to_rgb(F.relu(self.norm(h))))
 
 
