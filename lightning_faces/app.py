@@ -1,14 +1,20 @@
 """``serve``: a local web page to play with a trained generator (Gradio, the ``app`` extra).
 
-One character on screen at a time: Randomize draws a new seed, the seed box shows any seed's
-face, sliders move its controls, the truncation slider shrinks its latent toward the mean.
-Save keeps it in a gallery (click one to bring it back); Mix makes a child of two saved
-characters where each gene (each latent entry and each control value) is copied from one
-parent or the other at random, never averaged. Download PNG gives the face at the generator's
-own size, the same pixels ``generate`` writes for the same seed, attributes and truncation.
+One character on screen at a time (``character.Character``): Randomize draws a new seed, the
+seed box shows any seed's face, the sliders move its controls, the truncation slider pulls it
+toward the average face. Save keeps it in a gallery (click one to bring it back, at the
+truncation it was saved with); Mix makes a child of two saved characters where each gene is
+copied from one parent or the other, never averaged. Generate 10 shows ten new faces; a click
+opens one in the editor. Download PNG gives the face at the generator's own size, the same
+pixels ``generate --character`` renders from the copied genes.
 
-Controls are a conditional model's attributes (0 to 1), or, for an unconditional model given an
-attribute classifier, offsets along latent directions found with it (``control.latent_directions``).
+Sliders: a conditional model's attributes (0 to 1). An unconditional model gets the directions
+along which its faces vary most (``control.principal_directions``, "direction 1", ...), each
+shown with a strip of faces along it, and, given ``--classifier``, named directions found
+with it (``control.latent_directions``).
+
+Mistakes never blank the page: a bad seed or a Mix without two parents leaves the face, the
+seed box and the genes as they were, with a line saying what to do beside them.
 
 Safety: binds 127.0.0.1 unless ``--host`` says otherwise (with a warning); values from the
 browser are clamped and never used as file names; at most ``MAX_SAVED`` characters are kept;
@@ -20,19 +26,18 @@ weights are loaded without unpickling. Offline: no fonts, scripts or analytics a
 # (gr.SelectData) at run time, and a string annotation hides the event from it
 import argparse
 import errno
-import json
 import os
 import random
 import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lightning_faces.character import EDIT_RANGE, Character, mix, render
 from lightning_faces.errors import FacesError
 from lightning_faces.generator import FaceGenerator, load_generator
 from lightning_faces.parsing import Commands, at_least
@@ -41,9 +46,29 @@ from lightning_faces.play import add_source, as_image, save_png
 MAX_SEED = 2**31 - 1
 MAX_SAVED = 24
 GRID_COUNT = 10
-EDIT_RANGE = 3.0  # latent-direction sliders run from -3 to 3 (units of the latent's std)
-TRUNCATION_RANGE = (0.1, 1.0)
+STRIP_VALUES = (-2.0, -1.0, 0.0, 1.0, 2.0)  # a direction's strip: the first face moved this far along it
+TRUNCATION_RANGE = (0.0, 1.0)
 DISPLAY_SIZE = 256  # faces are shown enlarged to about this many pixels; downloads keep their size
+GENE_CELL = 6  # pixels per gene in the genes strip
+PARENT_COLOURS = {"A": (37, 99, 235), "B": (234, 88, 12)}  # blue, orange
+
+HELP = {
+    "truncation": "1 leaves the face alone; lower pulls it toward the model's average face (0: the average).",
+    "conditional": "Each slider sets one attribute the model was trained on (0: off, 1: on).",
+    "directions": "Move the face along the directions in which this model's faces vary most "
+    "(direction 1 the most); the strip shows the first face moved along each.",
+    "mix": "Mix makes a child of two saved characters: each gene comes from parent A or B, never a blend.",
+}
+CSS = """
+#saved .caption-label, #grid .caption-label { white-space: normal; overflow: visible; text-overflow: clip; }
+#grid .caption-label { font-size: 11px; }
+#grid .grid-container { grid-template-columns: repeat(auto-fill, minmax(104px, 1fr)) !important; }
+#grid .grid-wrap { min-height: 0 !important; height: auto !important; }
+#parents { flex-wrap: wrap; }
+#parents > * { min-width: 160px !important; }
+#message { min-height: 1.5em; color: #b45309; }
+#genes-strip img { image-rendering: pixelated; }
+"""
 
 
 def add_arguments(commands: Commands) -> None:
@@ -58,27 +83,12 @@ def add_arguments(commands: Commands) -> None:
     serve.add_argument(
         "--classifier",
         default=None,
-        help="an attribute classifier checkpoint: gives an unconditional model one slider per attribute "
-        "(directions in latent space); ignored for conditional models, whose attributes are the sliders",
+        help="an attribute classifier checkpoint: gives an unconditional model a named slider per attribute "
+        "(directions in latent space) beside its principal directions; ignored for conditional models, whose "
+        "attributes are the sliders",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind; anything else exposes the page")
     serve.add_argument("--port", type=at_least(1), default=7860)
-    serve.add_argument("--directions-samples", type=at_least(100), default=2000, help="faces used to find directions")
-
-
-@dataclass
-class Character:
-    """What a face is made of: its latent and its control values (attributes or latent edits)."""
-
-    latent: list[float]
-    controls: dict[str, float]
-    seed: int | None = None  # None for a mixed character
-    parents: list[str] = field(default_factory=list)
-
-    def genes(self) -> str:
-        return json.dumps(
-            {"seed": self.seed, "latent": self.latent, "controls": self.controls, "parents": self.parents}
-        )
 
 
 class Studio:
@@ -101,7 +111,15 @@ class Studio:
             return default
         return min(max(number, low), high)
 
-    def from_seed(self, seed: Any) -> Character:
+    def seed_problem(self, value: Any) -> str | None:
+        """What is wrong with ``value`` as a seed, in a line the page shows; None if nothing."""
+        try:
+            ok = value is not None and float(value) == int(value) and 0 <= int(value) <= MAX_SEED
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        return None if ok else f"Seed {value} is not one of the page's seeds: type a whole number from 0 to {MAX_SEED}."
+
+    def from_seed(self, seed: Any, truncation: Any = 1.0) -> Character:
         seed = int(self.clamp(seed, 0, MAX_SEED, 0))
         latent = self.generator.seed_latent(seed)
         if self.conditional:
@@ -109,41 +127,42 @@ class Studio:
             controls = {name: float(value) for name, value in zip(self.names, row.tolist(), strict=True)}
         else:
             controls = dict.fromkeys(self.names, 0.0)
-        return Character(latent.tolist(), controls, seed)
+        return Character(tuple(latent.tolist()), controls, seed, truncation=self.psi(truncation))
+
+    def psi(self, truncation: Any) -> float:
+        return self.clamp(truncation, *TRUNCATION_RANGE, 1.0)
 
     def with_control(self, character: Character, name: str, value: Any) -> Character:
         if name not in character.controls:
             return character
-        controls = dict(character.controls)
-        controls[name] = self.clamp(value, self.low, self.high, controls[name])
-        return Character(character.latent, controls, character.seed, character.parents)
+        return character.with_control(name, self.clamp(value, self.low, self.high, character.controls[name]))
 
-    def render(self, character: Character, truncation: Any) -> torch.Tensor:
-        """uint8 (3, S, S): the character's face at ``truncation``."""
-        psi = self.clamp(truncation, *TRUNCATION_RANGE, 1.0)
-        latent = torch.tensor(character.latent, dtype=torch.float32)[None]
-        if self.conditional:
-            row = torch.tensor([character.controls[name] for name in self.names], dtype=torch.float32)[None]
-            return self.generator.render(latent, row, psi)[0]
-        edited = latent * psi
-        for name, value in character.controls.items():
-            edited = edited + value * self.directions[name][None]
-        return self.generator.render(edited, None, 1.0)[0]
+    def render(self, character: Character) -> torch.Tensor:
+        """uint8 (3, S, S): the character's face at its truncation."""
+        return render(self.generator, character.at(self.psi(character.truncation)), self.directions)
 
-    def mix(self, a: Character, b: Character, rng: random.Random) -> Character:
-        """Each gene from one parent, chosen by a coin flip: a child, not an average.
+    def mix(self, a: Character, b: Character, rng: random.Random, names: tuple[str, str] | None = None) -> Character:
+        return mix(a, b, rng, names)
 
-        Never a copy of one parent where the parents differ in two genes or more: flips that
-        give every differing gene to one parent (1 in 128 with an 8-gene latent) are drawn again.
-        """
-        differ = [i for i, (x, y) in enumerate(zip(a.latent, b.latent, strict=True)) if x != y]
-        while True:
-            from_a = [rng.random() < 0.5 for _ in a.latent]
-            if len(differ) < 2 or len({from_a[i] for i in differ}) == 2:
-                break
-        latent = [x if take else y for x, y, take in zip(a.latent, b.latent, from_a, strict=True)]
-        controls = {name: (a.controls[name] if rng.random() < 0.5 else b.controls[name]) for name in a.controls}
-        return Character(latent, controls, None, [label(a), label(b)])
+    def direction_strip(self, name: str) -> torch.Tensor:
+        """uint8 (3, S, 5 S): the first face (seed 0) moved along direction ``name`` by STRIP_VALUES."""
+        start = self.from_seed(0)
+        faces = [self.render(start.with_control(name, value)) for value in STRIP_VALUES]
+        return torch.cat(faces, dim=2)
+
+    def genes_strip(self, character: Character) -> torch.Tensor:
+        """uint8 (3, h, w): one cell per gene, latent then controls. A drawn character's cells are
+        grey by value (dark negative, light positive); a mixed one's coloured by the parent that
+        gave each gene (A blue, B orange)."""
+        if character.origin:
+            cells = torch.tensor([PARENT_COLOURS[parent] for parent in character.origin], dtype=torch.float32)
+        else:
+            spans = [2.5] * len(character.latent) + [max(abs(self.low), self.high)] * len(character.controls)
+            values = torch.tensor([*character.latent, *character.controls.values()]) / torch.tensor(spans)
+            cells = (128 + 127 * values.clamp(-1, 1))[:, None].expand(-1, 3)
+        side = GENE_CELL  # each gene a cell of side x 2 side pixels
+        strip = cells.T[:, None, :, None].expand(3, 2 * side, len(cells), side).reshape(3, 2 * side, -1)
+        return strip.round().to(torch.uint8)
 
     def save_png(self, image: torch.Tensor, name: str = "face") -> str:
         path = self.downloads / uuid.uuid4().hex / f"{name}.png"  # names made here, never by the browser
@@ -153,8 +172,9 @@ class Studio:
         return random.randrange(MAX_SEED)
 
 
-def label(character: Character) -> str:
-    return f"seed {character.seed}" if character.seed is not None else "mix of " + " x ".join(character.parents)
+def slug(name: str) -> str:
+    """A control's name as an element id part: "direction 1" -> "direction-1"."""
+    return "".join(c if c.isalnum() or c in "_-" else "-" for c in name)
 
 
 def build_page(studio: Studio, title: str):
@@ -162,76 +182,115 @@ def build_page(studio: Studio, title: str):
     import gradio as gr
     from PIL import Image
 
-    def big(image: torch.Tensor):
-        """The face enlarged for the screen (nearest neighbour: its pixels stay visible)."""
-        side = image.shape[-1] * max(1, DISPLAY_SIZE // image.shape[-1])
-        return as_image(image).resize((side, side), Image.Resampling.NEAREST)
+    def big(image: torch.Tensor, size: int = DISPLAY_SIZE):
+        """An image enlarged for the screen (nearest neighbour: its pixels stay visible)."""
+        scale = max(1, size // image.shape[-2])
+        return as_image(image).resize((image.shape[-1] * scale, image.shape[-2] * scale), Image.Resampling.NEAREST)
 
-    def show(character: Character, truncation: float):
-        image = studio.render(character, truncation)
-        name = f"seed{character.seed:06d}" if character.seed is not None else "mixed"
+    def show(character: Character, message: str = ""):
+        image = studio.render(character)
         return (
             big(image),
             character,
             character.seed,
             character.genes(),
-            studio.save_png(image, name),
+            as_image(studio.genes_strip(character)),
+            studio.save_png(image, character.file_stem()),
+            gr.update(value=character.truncation),
+            message,
             *[gr.update(value=character.controls[name]) for name in studio.names],
         )
 
-    def randomize(truncation):
-        return show(studio.from_seed(studio.random_seed()), truncation)
+    def keep(character: Character, message: str):
+        """A mistake: everything stays as it was (the seed box shows the face's seed again), and
+        the message says what to do."""
+        return (
+            gr.skip(),
+            gr.skip(),
+            character.seed,
+            gr.skip(),
+            gr.skip(),
+            gr.skip(),
+            gr.skip(),
+            message,
+            *[gr.skip() for _ in studio.names],
+        )
 
-    def from_seed(seed, truncation):
-        return show(studio.from_seed(seed), truncation)
+    def randomize(truncation):
+        return show(studio.from_seed(studio.random_seed(), truncation))
+
+    def from_seed(seed, character, truncation):
+        problem = studio.seed_problem(seed)
+        if problem:
+            return keep(character, problem)
+        return show(studio.from_seed(seed, truncation))
+
+    def first(truncation):
+        return show(studio.from_seed(0, truncation))
 
     def retruncate(character, truncation):
-        return show(character, truncation)
+        return show(character.at(studio.psi(truncation)))
 
     def save(character, saved):
         saved = (saved + [character])[-MAX_SAVED:]
-        return saved, *gallery_updates(saved)
+        return saved, *gallery_updates(saved), ""
+
+    def caption(index: int, character: Character) -> str:
+        return f"#{index + 1} {character.label()}"
 
     def gallery_updates(saved):
-        items = [(big(studio.render(c, 1.0)), f"#{i + 1} {label(c)}") for i, c in enumerate(saved)]
-        choices = [f"#{i + 1} {label(c)}" for i, c in enumerate(saved)]
-        first = choices[-2] if len(choices) > 1 else (choices[0] if choices else None)
+        items = [(big(studio.render(c), 128), caption(i, c)) for i, c in enumerate(saved)]
+        choices = [caption(i, c) for i, c in enumerate(saved)]
+        first_choice = choices[-2] if len(choices) > 1 else (choices[0] if choices else None)
         return (
             items,
-            gr.update(choices=choices, value=first),
+            gr.update(choices=choices, value=first_choice),
             gr.update(choices=choices, value=choices[-1] if choices else None),
         )
 
     def pick(saved, choice):
-        index = next((i for i, c in enumerate(saved) if f"#{i + 1} {label(c)}" == choice), None)
-        return saved[index] if index is not None else None
+        return next((c for i, c in enumerate(saved) if caption(i, c) == choice), None)
 
-    def mix(saved, choice_a, choice_b, truncation):
+    def mix_parents(saved, choice_a, choice_b, character, truncation):
+        if len(saved) < 2:
+            return keep(
+                character,
+                f"Mix needs two saved characters and you have {len(saved)}: Save this face, find another, Save it.",
+            )
         a, b = pick(saved, choice_a), pick(saved, choice_b)
         if a is None or b is None:
-            raise gr.Error("Save two characters first, then pick them as parents A and B.")
-        return show(studio.mix(a, b, random.Random()), truncation)
+            return keep(character, "Pick the two parents, A and B, from the saved characters.")
+        if choice_a == choice_b:
+            return keep(character, "Parents A and B are the same character: pick two different ones.")
+        names = (choice_a.split()[0], choice_b.split()[0])  # "#1", "#2"
+        return show(studio.mix(a, b, random.Random(), names).at(studio.psi(truncation)))
 
-    def recall(saved, truncation, event: gr.SelectData):
+    def recall(saved, event: gr.SelectData):
         index = int(event.index) if isinstance(event.index, int) else 0
-        return show(saved[min(index, len(saved) - 1)], truncation)
+        return show(saved[min(index, len(saved) - 1)])
 
     def ten(truncation):
-        faces = [studio.render(studio.from_seed(studio.random_seed()), truncation) for _ in range(GRID_COUNT)]
-        return [big(face) for face in faces]
+        seeds = [studio.random_seed() for _ in range(GRID_COUNT)]
+        faces = [(big(studio.render(studio.from_seed(s, truncation)), 128), f"seed {s}") for s in seeds]
+        return faces, seeds
+
+    def open_from_grid(seeds, truncation, event: gr.SelectData):
+        index = int(event.index) if isinstance(event.index, int) else 0
+        return show(studio.from_seed(seeds[min(index, len(seeds) - 1)], truncation))
 
     def slide(name):
-        def move(character, value, truncation):
-            return show(studio.with_control(character, name, value), truncation)
+        def move(character, value):
+            return show(studio.with_control(character, name, value))
 
         return move
 
     with gr.Blocks(title=title, analytics_enabled=False) as page:
         character = gr.State(studio.from_seed(0))
         saved = gr.State([])
+        grid_seeds = gr.State([])
         gr.Markdown(f"## {title}\n{studio.generator.describe()}")
         with gr.Row():
-            with gr.Column(scale=1):
+            with gr.Column(scale=1, min_width=280):
                 face = gr.Image(
                     label="Face", type="pil", format="png", height=DISPLAY_SIZE + 16, elem_id="face",
                     buttons=[], interactive=False,
@@ -239,14 +298,14 @@ def build_page(studio: Studio, title: str):
                 download = gr.DownloadButton("Download PNG", elem_id="download")
                 with gr.Row():
                     randomize_button = gr.Button("Randomize", variant="primary", elem_id="randomize")
-                    seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed")
+                    seed = gr.Number(label="Seed (Enter to show)", value=0, precision=0, elem_id="seed")
+                message = gr.Markdown("", elem_id="message")
                 truncation = gr.Slider(*TRUNCATION_RANGE, value=1.0, step=0.05, label="Truncation (psi)",
-                                       elem_id="truncation")  # fmt: skip
+                                       info=HELP["truncation"], elem_id="truncation")  # fmt: skip
                 save_button = gr.Button("Save character", elem_id="save")
-            with gr.Column(scale=1):
+            with gr.Column(scale=1, min_width=280):
                 sliders = []
-                if not studio.names:
-                    gr.Markdown("No sliders: this model is unconditional; start `serve` with `--classifier`.")
+                gr.Markdown(HELP["conditional"] if studio.conditional else HELP["directions"], elem_id="sliders-help")
                 for name in studio.names:
                     sliders.append(
                         gr.Slider(
@@ -255,43 +314,53 @@ def build_page(studio: Studio, title: str):
                             value=0.0,
                             step=0.05,
                             label=name.replace("_", " "),
-                            elem_id=f"slider-{name}",
+                            elem_id=f"slider-{slug(name)}",
                         )  # fmt: skip
                     )
+                    if not studio.conditional:
+                        gr.Image(
+                            value=big(studio.direction_strip(name), 64), show_label=False, container=False,
+                            interactive=False, buttons=[], height=72, elem_id=f"strip-{slug(name)}",
+                        )  # fmt: skip
         with gr.Row():
             gallery = gr.Gallery(
-                label="Saved characters (click one to bring it back)", columns=8, height=170, object_fit="contain",
+                label="Saved characters (click one to bring it back)", columns=8, height=190, object_fit="contain",
                 fit_columns=False, elem_id="saved", allow_preview=False,
             )  # fmt: skip
-        with gr.Row():
+        gr.Markdown(HELP["mix"], elem_id="mix-help")
+        with gr.Row(elem_id="parents"):
             parent_a = gr.Dropdown(label="Parent A", choices=[], elem_id="parent-a")
             parent_b = gr.Dropdown(label="Parent B", choices=[], elem_id="parent-b")
             mix_button = gr.Button("Mix", elem_id="mix")
-        genes = gr.Textbox(
-            label="Genes of the face on screen (JSON: seed, latent, controls)", interactive=False, lines=2,
-            max_lines=4, elem_id="genes",
+        gr.Markdown(
+            "Genes: a cell each, latent then controls; grey by value, or after a mix blue from parent A, orange "
+            "from B.", elem_id="genes-help",
         )  # fmt: skip
+        genes_strip = gr.Image(
+            type="pil", format="png", interactive=False, buttons=[], show_label=False, container=False, height=32,
+            elem_id="genes-strip",
+        )  # fmt: skip
+        copy_button = gr.Button("Copy genes", size="sm", elem_id="copy-genes")
+        genes = gr.Textbox(label="Genes (JSON)", visible="hidden", elem_id="genes")
         ten_button = gr.Button(f"Generate {GRID_COUNT}", elem_id="ten")
         grid = gr.Gallery(
-            label=f"{GRID_COUNT} new faces",
-            columns=GRID_COUNT,
-            height=150,
-            object_fit="contain",
-            fit_columns=False,
-            elem_id="grid",
-        )
+            label=f"{GRID_COUNT} new faces (click one to edit it)", columns=GRID_COUNT, height="auto",
+            object_fit="contain", fit_columns=False, allow_preview=False, elem_id="grid",
+        )  # fmt: skip
 
-        shown = [face, character, seed, genes, download, *sliders]
+        shown = [face, character, seed, genes, genes_strip, download, truncation, message, *sliders]
         randomize_button.click(randomize, [truncation], shown)
-        seed.submit(from_seed, [seed, truncation], shown)
+        seed.submit(from_seed, [seed, character, truncation], shown)
         truncation.release(retruncate, [character, truncation], shown)
         for name, slider in zip(studio.names, sliders, strict=True):
-            slider.release(slide(name), [character, slider, truncation], shown)
-        save_button.click(save, [character, saved], [saved, gallery, parent_a, parent_b])
-        mix_button.click(mix, [saved, parent_a, parent_b, truncation], shown)
-        gallery.select(recall, [saved, truncation], shown)
-        ten_button.click(ten, [truncation], [grid])
-        page.load(from_seed, [seed, truncation], shown)
+            slider.release(slide(name), [character, slider], shown)
+        save_button.click(save, [character, saved], [saved, gallery, parent_a, parent_b, message])
+        mix_button.click(mix_parents, [saved, parent_a, parent_b, character, truncation], shown)
+        gallery.select(recall, [saved], shown)
+        ten_button.click(ten, [truncation], [grid, grid_seeds])
+        grid.select(open_from_grid, [grid_seeds, truncation], shown)
+        copy_button.click(None, [genes], None, js="(genes) => { navigator.clipboard?.writeText(genes); return genes; }")
+        page.load(first, [truncation], shown)
     return page
 
 
@@ -306,23 +375,13 @@ def offline_theme():
 
 def make_studio(args: argparse.Namespace) -> Studio:
     generator = load_generator(args.generator, device=args.device)
-    directions = None
-    if not generator.attributes and args.classifier:
-        from lightning_faces.control import latent_directions, load_judge
+    if generator.attributes:
+        return Studio(generator)
+    from lightning_faces.control import slider_directions
 
-        classifier, _ = load_judge(args.classifier, ())
-        if classifier.image_size != generator.image_size:
-            print(
-                f"note: the classifier sees {classifier.image_size}px faces, the generator makes "
-                f"{generator.image_size}px; faces are resized for it",
-                file=sys.stderr,
-            )
-        started = time.perf_counter()
-        directions = latent_directions(generator, classifier, count=args.directions_samples)
-        print(
-            f"found {len(directions)} latent directions with the classifier in {time.perf_counter() - started:.1f} s",
-            file=sys.stderr,
-        )
+    started = time.perf_counter()
+    directions = slider_directions(generator, args.classifier)
+    print(f"found {len(directions)} slider directions in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return Studio(generator, directions)
 
 
@@ -372,6 +431,7 @@ def run(args: argparse.Namespace) -> None:
         share=False,
         ssr_mode=False,
         theme=offline_theme(),
+        css=CSS,
         footer_links=[],
         quiet=True,
         max_file_size="1kb",  # the page takes no uploads

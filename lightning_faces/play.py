@@ -18,7 +18,7 @@ from torchvision.utils import make_grid
 from lightning_faces.data.attributes import parse_attribute_values
 from lightning_faces.errors import FacesError
 from lightning_faces.files import atomic_path
-from lightning_faces.generator import FaceGenerator, load_generator, truncate
+from lightning_faces.generator import FaceGenerator, load_generator
 from lightning_faces.parsing import Commands, at_least, named
 
 MAX_IMAGES = 10_000  # per generate command
@@ -40,12 +40,12 @@ def save_png(image: torch.Tensor, path: Path) -> Path:
 
 def _truncation(text: str) -> float:
     value = float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1] (1: none), got {value}")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1] (1: none, 0: the average face), got {value}")
     return value
 
 
-truncation = named(_truncation, "psi")  # an argument type: psi in (0, 1]
+truncation = named(_truncation, "psi")  # an argument type: psi in [0, 1]
 
 
 def check_output(path: Path, option: str, kind: str) -> Path:
@@ -86,18 +86,35 @@ def add_arguments(commands: Commands) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="Render faces of a checkpoint or export from seeds, as PNGs or a grid (run: generate --help).",
         description="Renders faces seed, seed+1, ... as PNG files (or one grid). A seed always gives the same "
-        "latent (drawn on the CPU), so the same face. Truncation shrinks each latent toward the mean (z' = psi * z).",
+        "latent (drawn on the CPU), so the same face. Truncation pulls each face toward the average face "
+        "(psi 1: none, 0: the average; see lightning_faces.generator).",
     )
     add_source(generate)
     generate.add_argument("--num", type=at_least(1), default=16, help=f"faces to render (at most {MAX_IMAGES})")
     generate.add_argument("--seed", type=seed, default=0, help="the first face's seed, in [0, 2**63 - 1]")
     generate.add_argument("--grid", action="store_true", help="one grid.png instead of one PNG per face")
-    generate.add_argument("--truncation", type=truncation, default=1.0, help="psi in (0, 1]; 0.7 is usual")
+    generate.add_argument(
+        "--truncation",
+        type=truncation,
+        default=None,
+        help="psi in [0, 1]: 1 none, 0 the average face; 0.7 is usual (default: 1, or a --character's own)",
+    )
     generate.add_argument(
         "--attributes",
         default=None,
         help="a conditional model's attribute values, NAME=V with V in [0, 1], e.g. Eyeglasses=1,Male=0; "
         "the others come with each seed (real rows of the training data)",
+    )
+    generate.add_argument(
+        "--character",
+        default=None,
+        help="render one character from the page instead of seeds: a file holding its genes (the page's Copy "
+        "genes), drawn seed or mix; written as OUT/<seed or mixed>-psi<truncation>.png, the page's download",
+    )
+    generate.add_argument(
+        "--classifier",
+        default=None,
+        help="with --character of an unconditional model: the classifier serve was given, for named sliders",
     )
     generate.add_argument("--out", default="generated", help="output folder")
 
@@ -113,7 +130,7 @@ def add_arguments(commands: Commands) -> None:
         "--seeds", type=seed, nargs="+", required=True, help="two or more seeds in [0, 2**63 - 1], in order"
     )
     walk.add_argument("--frames", type=at_least(2), default=60, help="frames from one seed to the next")
-    walk.add_argument("--truncation", type=truncation, default=1.0, help="psi in (0, 1]")
+    walk.add_argument("--truncation", type=truncation, default=1.0, help="psi in [0, 1] (as for generate)")
     walk.add_argument("--attributes", default=None, help="fixed attribute values (else each seed's, blended)")
     walk.add_argument("--frame-ms", type=at_least(10), default=40, help="milliseconds per frame")
     walk.add_argument("--scale", type=at_least(1), default=2, help="enlarge frames this many times (nearest)")
@@ -151,6 +168,8 @@ def _generator(args: argparse.Namespace) -> FaceGenerator:
 
 
 def generate(args: argparse.Namespace) -> list[Path]:
+    if args.character:
+        return [render_character(args)]
     if args.num > MAX_IMAGES:
         raise FacesError(f"--num {args.num} is more than {MAX_IMAGES} faces per command: run it in parts with --seed")
     if args.seed + args.num - 1 > MAX_SEED:
@@ -159,11 +178,35 @@ def generate(args: argparse.Namespace) -> list[Path]:
     generator = _generator(args)
     values = parse_attribute_values(args.attributes, generator.attributes, fractions=True)
     seeds = list(range(args.seed, args.seed + args.num))
-    images = generator.render_seeds(seeds, values, args.truncation)  # G runs in batches of MAX_BATCH
+    psi = 1.0 if args.truncation is None else args.truncation
+    images = generator.render_seeds(seeds, values, psi)  # G runs in batches of MAX_BATCH
     if args.grid:
         grid = make_grid(images, nrow=math.ceil(math.sqrt(len(images))), padding=2, pad_value=255)
         return [save_png(grid, out / "grid.png")]
     return [save_png(image, out / f"seed{seed:06d}.png") for seed, image in zip(seeds, images, strict=True)]
+
+
+def render_character(args: argparse.Namespace) -> Path:
+    """``generate --character FILE``: the page's face from its genes, the pixels of its download."""
+    from lightning_faces.character import Character, render
+
+    path = Path(args.character)
+    if args.attributes:
+        raise FacesError("--attributes does not apply with --character: the genes hold its attributes")
+    if not path.is_file():
+        raise FacesError(f"--character {path} is not a file: save the page's genes (Copy genes) into one")
+    out = check_output(Path(args.out), "--out", "folder")
+    generator = _generator(args)
+    directions = {}
+    if not generator.attributes:
+        from lightning_faces.control import slider_directions
+
+        directions = slider_directions(generator, args.classifier)
+    names = list(generator.attributes) or list(directions)
+    character = Character.from_genes(path.read_text(), generator.latent_dim, names, source=f"--character {path}")
+    if args.truncation is not None:
+        character = character.at(args.truncation)
+    return save_png(render(generator, character, directions), out / f"{character.file_stem()}.png")
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
@@ -207,4 +250,4 @@ def interpolate(args: argparse.Namespace) -> Path:
     return out
 
 
-__all__ = ["as_image", "generate", "interpolate", "save_png", "slerp", "truncate"]
+__all__ = ["as_image", "generate", "interpolate", "save_png", "slerp"]

@@ -13,10 +13,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from lightning_faces import FacesError, load_generator
+from lightning_faces import FaceGenerator, FacesError, load_generator
 from lightning_faces.app import Studio
+from lightning_faces.character import Character
 from lightning_faces.cli import main
-from lightning_faces.control import latent_directions
+from lightning_faces.control import latent_directions, slider_directions
+from lightning_faces.data import to_uint8
+from lightning_faces.generator import AVERAGE_SAMPLES_PER_ROW, AVERAGE_SEED
+from lightning_faces.growth import enlarge
 from lightning_faces.module import GAN
 from lightning_faces.play import slerp
 from tests.conftest import PLAY_ATTRIBUTES as ATTRIBUTES
@@ -65,10 +69,37 @@ def test_generate_applies_truncation_and_attributes_as_documented(checkpoints, t
     generator = load_generator(ckpt)
     row = generator.seed_attributes(3)
     row[ATTRIBUTES.index("Blond_Hair")], row[ATTRIBUTES.index("Black_Hair")] = 1.0, 0.0  # exclusive hair colours
-    expected = generator.render(0.5 * generator.seed_latent(3)[None], row[None])[0]
-    assert torch.equal(chw(pixels(tmp_path / "t" / "seed000003.png")), expected)
+    # the documented definition, by hand: G's first block's features pulled halfway toward their
+    # mean over the fixed draw of latents, for this attribute row
+    net = generator.network
+    fixed = torch.Generator().manual_seed(AVERAGE_SEED)
+    draw = torch.randn(AVERAGE_SAMPLES_PER_ROW, generator.latent_dim, generator=fixed)
+    with torch.no_grad():
+        average = net.stem(draw, row.expand(len(draw), -1)).mean(0)
+        features = net.stem(generator.seed_latent(3)[None], row[None])
+        expected = to_uint8(net.synthesize(average + 0.5 * (features - average)))[0]
+    assert (chw(pixels(tmp_path / "t" / "seed000003.png")).int() - expected.int()).abs().max() <= 1  # float order
     untruncated = generator.render(generator.seed_latent(3)[None], row[None])[0]
     assert not torch.equal(expected, untruncated)
+
+
+@pytest.mark.parametrize("kind", ["plain", "conditional"])
+def test_truncation_pulls_every_face_toward_one_average_face(checkpoints, kind):
+    generator = load_generator(checkpoints[kind])
+    seeds = list(range(16))
+    latents = torch.stack([generator.seed_latent(seed) for seed in seeds])
+    rows = torch.stack([generator.seed_attributes(0)] * len(seeds)) if kind == "conditional" else None
+    faces = {psi: generator.render(latents, rows, psi).float() for psi in (1.0, 0.7, 0.4, 0.1, 0.0)}
+    with torch.no_grad():
+        assert torch.equal(faces[1.0], to_uint8(generator.network(latents, rows)).float())  # psi 1: untouched
+        origin = to_uint8(generator.network(torch.zeros_like(latents[:1]), None if rows is None else rows[:1]))
+    spread = {psi: images.std(0).mean().item() for psi, images in faces.items()}
+    assert spread[1.0] > spread[0.7] > spread[0.4] > spread[0.1] > spread[0.0] == 0.0, spread  # one average face
+    assert not torch.equal(faces[0.0][:1], origin.float())  # the average face is not the face of z = 0
+    if kind == "conditional":  # each attribute row has its own average face
+        other = rows.clone()
+        other[:, ATTRIBUTES.index("Eyeglasses")] = 1 - other[:, ATTRIBUTES.index("Eyeglasses")]
+        assert not torch.equal(generator.render(latents[:1], other[:1], 0.0), faces[0.0][:1].byte())
 
 
 @pytest.mark.parametrize("kind", ["conditional", "plain"])
@@ -102,7 +133,7 @@ def test_generate_refuses_bad_requests_in_one_line(checkpoints, tmp_path, capsys
         (["generate", str(checkpoints["conditional"]), "--attributes", "Smiling=1"], "its attributes are Black_Hair"),
         (["generate", str(checkpoints["conditional"]), "--attributes", "Eyeglasses=2"], "V in [0, 1]"),
         (["generate", str(checkpoints["plain"]), "--attributes", "Eyeglasses=1"], "none: it is unconditional"),
-        (["generate", str(checkpoints["plain"]), "--truncation", "1.5"], "must be in (0, 1]"),
+        (["generate", str(checkpoints["plain"]), "--truncation", "1.5"], "must be in [0, 1]"),
         (["generate", str(tmp_path / "missing.ckpt")], "does not exist"),
         (["interpolate", str(checkpoints["plain"]), "--seeds", "4"], "at least two seeds"),
     ]
@@ -198,7 +229,15 @@ def test_mixing_takes_each_gene_from_one_parent(checkpoints):
     assert all(child.controls[n] in (a.controls[n], b.controls[n]) for n in ATTRIBUTES)
     from_a = sum(x == y for x, y in zip(child.latent, a.latent, strict=True))
     assert 0 < from_a < len(a.latent)  # both parents gave genes: not a copy
-    assert child.seed is None and child.parents == ["seed 1", "seed 2"]
+    assert child.seed is None and child.parents == ("seed 1", "seed 2")
+    genes = [*child.latent, *child.controls.values()]
+    parents = [
+        (x, y) for x, y in zip([*a.latent, *a.controls.values()], [*b.latent, *b.controls.values()], strict=True)
+    ]
+    assert len(child.origin) == len(genes)  # and origin names the parent each gene came from
+    assert all(
+        gene == pair[0 if who == "A" else 1] for gene, pair, who in zip(genes, parents, child.origin, strict=True)
+    )
     # never a copy of a parent, whatever the coin flips (8 genes: 1 in 128 would be, unchecked)
     for seed in range(500):
         latent = studio.mix(a, b, random.Random(seed)).latent
@@ -213,10 +252,14 @@ def test_the_page_clamps_what_the_browser_sends_and_renders_like_generate(checkp
     assert studio.with_control(character, "Eyeglasses", float("nan")).controls == character.controls
     assert studio.with_control(character, "../../etc/passwd", 1).controls == character.controls
     assert studio.from_seed(-5).seed == 0 and studio.from_seed(2**40).seed == 2**31 - 1
+    assert studio.seed_problem(7) is None and studio.seed_problem(2**31 - 1) is None
+    for wrong in (-5, 99999999999, 1.5, None, "x"):
+        assert "type a whole number from 0 to 2147483647" in studio.seed_problem(wrong)
     edited = studio.with_control(character, "Eyeglasses", 1.0)
-    assert torch.equal(studio.render(edited, 0.7), generator.render_seeds([7], {"Eyeglasses": 1.0}, 0.7)[0])
-    assert torch.equal(studio.render(edited, 99), studio.render(edited, 1.0))  # truncation clamped to 1
-    saved = Path(studio.save_png(studio.render(edited, 1.0), "face"))
+    assert torch.equal(studio.render(edited.at(0.7)), generator.render_seeds([7], {"Eyeglasses": 1.0}, 0.7)[0])
+    assert torch.equal(studio.render(edited.at(99)), studio.render(edited.at(1.0)))  # truncation clamped to 1
+    assert edited.at(0.7).file_stem() == "seed000007-psi0.70"
+    saved = Path(studio.save_png(studio.render(edited), "face"))
     assert saved.parent.parent == studio.downloads and saved.name == "face.png"
 
 
@@ -247,8 +290,106 @@ def test_unconditional_models_get_sliders_that_move_what_the_classifier_sees(che
         for seed in range(20):
             character = studio.from_seed(seed)
             assert set(character.controls.values()) == {0.0}
-            low, high = (studio.render(studio.with_control(character, name, v), 1.0) for v in (-3.0, 3.0))
+            low, high = (studio.render(studio.with_control(character, name, v)) for v in (-3.0, 3.0))
             seen = judge(torch.stack([low, high]).float() / 127.5 - 1)[:, column]
             raised += int(seen[1] > seen[0])
         assert raised >= 17, f"the {name} slider at +3 made faces more {name} than at -3 for only {raised} of 20"
     assert studio.with_control(studio.from_seed(0), "Blue", -9).controls["Blue"] == -3.0
+
+
+def test_unconditional_models_get_principal_sliders_without_a_classifier(checkpoints):
+    generator = load_generator(checkpoints["plain"])
+    directions = slider_directions(generator)
+    assert list(directions) == [f"direction {k}" for k in range(1, 7)]
+    assert all(abs(float(d.norm()) - 1) < 1e-5 for d in directions.values())
+    again = slider_directions(load_generator(checkpoints["plain"]))  # the same sliders every time
+    assert all(torch.equal(directions[name], again[name]) for name in directions)
+    # each moves the face, the first ones most, and no two move it the same way
+    studio = Studio(generator, directions)
+    start = studio.from_seed(3)
+    moves = {}
+    for name in studio.names:
+        low, high = (studio.render(studio.with_control(start, name, v)).float() for v in (-2.0, 2.0))
+        moves[name] = (high - low).flatten()
+    size = {name: float(move.abs().mean()) for name, move in moves.items()}
+    assert min(size.values()) > 1.0, size  # grey levels of 255, on average over the face
+    assert size["direction 1"] > size["direction 6"], size
+    for i, a in enumerate(studio.names[:3]):
+        for b in studio.names[i + 1 : 3]:
+            cosine = torch.nn.functional.cosine_similarity(moves[a], moves[b], dim=0)
+            assert abs(float(cosine)) < 0.9, (a, b, float(cosine))
+    strip = studio.direction_strip("direction 1")
+    assert strip.shape == (3, generator.image_size, 5 * generator.image_size)
+
+
+def test_genes_strip_shows_values_and_after_a_mix_the_parents(checkpoints):
+    studio = Studio(load_generator(checkpoints["conditional"]))
+    a, b = studio.from_seed(1), studio.from_seed(2)
+    genes = len(a.latent) + len(a.controls)
+    strip = studio.genes_strip(a)
+    assert strip.dtype == torch.uint8 and strip.shape[2] == genes * 6
+    cells = strip[:, 0, ::6].T  # one colour per gene
+    assert all(c[0] == c[1] == c[2] for c in cells)  # grey
+    latent = torch.tensor(a.latent)
+    greys = cells[: len(latent), 0][latent.argsort()].int()
+    assert (greys.diff() >= 0).all() and greys[-1] - greys[0] > 100  # lighter for larger, across the range
+    child = studio.mix(a, b, random.Random(0))
+    cells = studio.genes_strip(child)[:, 0, ::6].T
+    colours = {"A": (37, 99, 235), "B": (234, 88, 12)}
+    assert [tuple(c.tolist()) for c in cells] == [colours[who] for who in child.origin]
+
+
+@pytest.mark.parametrize("kind", ["conditional", "plain"])
+def test_generate_renders_a_page_character_from_its_genes(checkpoints, tmp_path, kind):
+    generator = load_generator(checkpoints[kind])
+    directions = {} if kind == "conditional" else slider_directions(generator)
+    studio = Studio(generator, directions)
+    a = studio.with_control(studio.from_seed(4, 0.6), studio.names[1], 1.0)
+    child = studio.mix(a, studio.from_seed(5), random.Random(1), ("#1", "#2")).at(0.8)
+    for character in (a, child):
+        genes = tmp_path / f"{character.file_stem()}.json"
+        genes.write_text(character.genes())
+        assert Character.from_genes(genes.read_text(), generator.latent_dim, studio.names) == character
+        assert tool(["generate", str(checkpoints[kind]), "--character", str(genes), "--out", "made"], tmp_path) == 0
+        written = tmp_path / "made" / f"{character.file_stem()}.png"
+        assert torch.equal(chw(pixels(written)), studio.render(character))  # the page's download, pixel for pixel
+    assert child.file_stem() == "mixed-psi0.80" and a.file_stem() == "seed000004-psi0.60"
+    assert len(child.genes()) < 30 * (len(child.latent) + len(child.controls)) + 200  # short decimals
+
+
+def test_generate_refuses_genes_that_are_not_a_character_in_one_line(checkpoints, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    good = json.loads(Studio(load_generator(checkpoints["conditional"])).from_seed(1).genes())
+    cases = {
+        "not json": ("{latent", "is not JSON"),
+        "no latent": (json.dumps({"seed": 1}), "has no latent"),
+        "short latent": (
+            json.dumps({**good, "latent": [0.0, 1.0]}),
+            "has a latent of 2 numbers; this generator takes 8",
+        ),
+        "unknown control": (json.dumps({**good, "controls": {"Wings": 1}}), "sets Wings, which this generator"),
+        "bad psi": (json.dumps({**good, "truncation": 3}), "truncation must be a number in [0, 1]"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / "genes.json").write_text(text)
+        with pytest.raises(SystemExit) as stop:
+            main(["generate", str(checkpoints["conditional"]), "--character", "genes.json", "--out", "x"])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and message in lines[-1], (name, lines)
+    assert not any((tmp_path / "x").glob("*.png"))
+
+
+@pytest.mark.parametrize("network", ["DCGANGenerator", "ResNetGenerator", "R3GANGenerator", "ProgressiveGenerator"])
+def test_every_generator_truncates_toward_its_average_face(network):
+    # every network of the package splits into stem and synthesize, so truncation works for all
+    generator = FaceGenerator(
+        {"class_path": f"lightning_faces.nets.{network}", "init_args": {"image_size": 16, "width": 8}}
+    )
+    generator.eval()
+    latents = torch.randn(6, generator.latent_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(generator(latents, None, 1.0), enlarge(generator.network(latents), 16))
+        average = generator(latents, None, 0.0)
+        half = generator(latents, None, 0.5)
+    assert torch.equal(average, average[:1].expand_as(average))  # psi 0: one face for every latent
+    assert not torch.equal(half, average) and float(half.std(0).mean()) > 0
