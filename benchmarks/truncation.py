@@ -1,6 +1,5 @@
 """Truncation, measured: how faces' variety and quality move with psi, pulled toward the average
-face in G's first block (the package's way) against scaling the latent (``psi * z``, the way
-before).
+face in G's first block (the package's way) against scaling the latent (``psi * z``).
 
     python -m benchmarks.truncation G [--work runs/benchmarks/quality --weights INCEPTION]
 
@@ -27,7 +26,7 @@ PSIS = [1.0, 0.8, 0.6, 0.4, 0.2, 0.0]
 
 
 def faces(generator, latents: torch.Tensor, psi: float, way: str) -> torch.Tensor:
-    """uint8 faces of unconditional ``latents`` at ``psi``, truncated the package's way or the old one."""
+    """uint8 faces of unconditional ``latents`` at ``psi``, truncated in the first block or in z."""
     if way == "first block":
         return generator.render(latents, None, psi)
     with torch.no_grad():

@@ -6,12 +6,12 @@ toward the average face. Save keeps it in a gallery (click one to bring it back,
 truncation it was saved with); Mix makes a child of two saved characters where each gene is
 copied from one parent or the other, never averaged. Generate 10 shows ten new faces; a click
 opens one in the editor. Download PNG gives the face at the generator's own size, the same
-pixels ``generate --character`` renders from the copied genes.
+pixels ``generate --character`` renders from the copied genes on the same kind of device.
 
 Sliders: a conditional model's attributes (0 to 1). An unconditional model gets the directions
-along which its faces vary most (``control.principal_directions``, "direction 1", ...), each
+along which its faces vary most (``directions.principal_directions``, "direction 1", ...), each
 shown with a strip of faces along it, and, given ``--classifier``, named directions found
-with it (``control.latent_directions``).
+with it (``directions.latent_directions``).
 
 Mistakes never blank the page: a bad seed or a Mix without two parents leaves the face, the
 seed box and the genes as they were, with a line saying what to do beside them.
@@ -325,7 +325,7 @@ def build_page(studio: Studio, title: str):
         with gr.Row():
             gallery = gr.Gallery(
                 label="Saved characters (click one to bring it back)", columns=8, height=190, object_fit="contain",
-                fit_columns=False, elem_id="saved", allow_preview=False,
+                fit_columns=False, elem_id="saved", allow_preview=False, format="png",
             )  # fmt: skip
         gr.Markdown(HELP["mix"], elem_id="mix-help")
         with gr.Row(elem_id="parents"):
@@ -345,7 +345,7 @@ def build_page(studio: Studio, title: str):
         ten_button = gr.Button(f"Generate {GRID_COUNT}", elem_id="ten")
         grid = gr.Gallery(
             label=f"{GRID_COUNT} new faces (click one to edit it)", columns=GRID_COUNT, height="auto",
-            object_fit="contain", fit_columns=False, allow_preview=False, elem_id="grid",
+            object_fit="contain", fit_columns=False, allow_preview=False, elem_id="grid", format="png",
         )  # fmt: skip
 
         shown = [face, character, seed, genes, genes_strip, download, truncation, message, *sliders]
@@ -377,7 +377,7 @@ def make_studio(args: argparse.Namespace) -> Studio:
     generator = load_generator(args.generator, device=args.device)
     if generator.attributes:
         return Studio(generator)
-    from lightning_faces.control import slider_directions
+    from lightning_faces.directions import slider_directions
 
     started = time.perf_counter()
     directions = slider_directions(generator, args.classifier)

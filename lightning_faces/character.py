@@ -3,8 +3,8 @@
 A character is made of genes, its latent (one number per entry) and its control values, plus the
 truncation it is shown at. Controls are a conditional model's attributes (0 to 1), or, for an
 unconditional model, offsets along latent directions (-3 to 3, in units of the latent's std):
-the generator's principal directions ("direction 1", ...; ``control.principal_directions``), and
-the named ones an attribute classifier finds (``control.latent_directions``).
+the generator's principal directions ("direction 1", ...; ``directions.principal_directions``), and
+the named ones an attribute classifier finds (``directions.latent_directions``).
 
 ``Character.genes()`` is the JSON the page's "Copy genes" button copies; ``Character.from_genes``
 reads it back, refusing anything else in one line. Latents are kept as the shortest decimals
@@ -81,9 +81,18 @@ class Character:
         return json.dumps(data)
 
     @classmethod
-    def from_genes(cls, text: str, latent_dim: int, control_names: list[str], source: str = "genes") -> Character:
-        """Reads ``genes()``'s JSON for a generator with ``latent_dim`` and ``control_names``;
-        one-line FacesError for anything that is not such a character."""
+    def from_genes(
+        cls,
+        text: str,
+        latent_dim: int,
+        control_names: list[str],
+        span: tuple[float, float] = (-EDIT_RANGE, EDIT_RANGE),
+        source: str = "genes",
+        hint: str = "",
+    ) -> Character:
+        """Reads ``genes()``'s JSON for a generator with ``latent_dim`` and ``control_names``,
+        whose controls run over ``span``; one-line FacesError for anything that is not such a
+        character (``hint`` ends the message about unknown controls)."""
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
@@ -93,24 +102,36 @@ class Character:
         if not isinstance(data, dict) or not isinstance(data.get("latent"), list):
             raise FacesError(f"{source} has no latent: it is not a character's genes (copy them from the page)")
         latent, controls = data["latent"], data.get("controls") or {}
-        if len(latent) != latent_dim or not all(_finite(v) for v in latent):
+        if len(latent) != latent_dim:
             raise FacesError(f"{source} has a latent of {len(latent)} numbers; this generator takes {latent_dim}")
+        if not all(_finite(v) and abs(v) < 1e6 for v in latent):
+            raise FacesError(f"{source}: every latent entry must be a finite number (a latent's are about -4 to 4)")
         if not isinstance(controls, dict) or not all(_finite(v) for v in controls.values()):
             raise FacesError(f"{source}: controls must map names to numbers")
         unknown = sorted(set(controls) - set(control_names))
         if unknown:
             known = ", ".join(control_names) or "none"
-            raise FacesError(f"{source} sets {', '.join(unknown)}, which this generator's controls ({known}) lack")
+            raise FacesError(f"{source} sets {', '.join(unknown)}, not among the generator's controls ({known}){hint}")
+        outside = sorted(name for name, v in controls.items() if not span[0] <= v <= span[1])
+        if outside:
+            raise FacesError(f"{source} sets {', '.join(outside)} outside [{span[0]:g}, {span[1]:g}]")
         truncation = data.get("truncation", 1.0)
         if not _finite(truncation) or not 0.0 <= truncation <= 1.0:
             raise FacesError(f"{source}: truncation must be a number in [0, 1], got {truncation!r}")
-        seed = data.get("seed")
+        seed, parents, origin = data.get("seed"), data.get("parents") or [], data.get("origin") or ""
+        if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
+            raise FacesError(f"{source}: seed must be a whole number from 0 (or null for a mix), got {seed!r}")
+        if not (isinstance(parents, list) and all(isinstance(p, str) for p in parents)):
+            raise FacesError(f"{source}: parents must be a list of labels")
+        genes = latent_dim + len(control_names)
+        if origin and not (isinstance(origin, str) and set(origin) <= {"A", "B"} and len(origin) == genes):
+            raise FacesError(f"{source}: origin must be one letter, A or B, for each of the {genes} genes")
         return cls(
             tuple(float(v) for v in latent),
             {name: float(controls.get(name, 0.0)) for name in control_names},
-            seed if isinstance(seed, int) else None,
-            tuple(str(p) for p in data.get("parents") or ()),
-            str(data.get("origin") or ""),
+            seed,
+            tuple(parents),
+            origin,
             float(truncation),
         )
 
@@ -123,8 +144,8 @@ def mix(a: Character, b: Character, rng: random.Random, names: tuple[str, str] |
     """A child of ``a`` and ``b``: each gene (latent entry, control value) copied from one parent
     chosen by a coin flip, never averaged; ``names`` label the parents (default: their labels).
 
-    Never a copy of one parent where the parents differ in two genes or more: flips that give
-    every differing gene to one parent (1 in 128 with an 8-gene latent) are drawn again.
+    Never a copy of one parent where the parents' latents differ in two entries or more: flips that
+    give every differing latent entry to one parent (1 in 128 with an 8-entry latent) are drawn again.
     """
     differ = [i for i, (x, y) in enumerate(zip(a.latent, b.latent, strict=True)) if x != y]
     while True:

@@ -17,9 +17,9 @@ Conventions shared by ``generate``, ``interpolate`` and ``serve``:
   gives the average itself. It works at the end of G's first block (``stem``), where
   StyleGAN's idea has an average to pull toward: features f become ``mean + psi * (f - mean)``,
   the mean taken over a fixed draw of latents (per attribute row for a conditional model).
-  Shrinking z itself (``psi * z``) would not do: the first layer is linear in z, so its mean
-  is the face of z = 0, far inside the shell where N(0, I) latents lie, and G never saw it
-  (at psi 0.2 every face was the same brown blob).
+  Shrinking z itself (``psi * z``) would pull toward the face of z = 0 (the DCGAN, ResNet and
+  R3GAN nets start with a layer linear in z), far inside the shell where N(0, I) latents lie,
+  which G never saw: brown fog (docs/benchmarks.md, "Truncation").
 - **Output.** Images are in [-1, 1]; ``to_uint8`` turns them into bytes.
 """
 
@@ -49,6 +49,7 @@ MAX_BATCH = 256  # images rendered per forward pass
 AVERAGE_SEED = 2**31 - 1  # the fixed draw of latents the average face is taken over
 AVERAGE_SAMPLES = 2048  # latents averaged for an unconditional model's average face
 AVERAGE_SAMPLES_PER_ROW = 256  # ... and for each attribute row of a conditional one
+MAX_AVERAGES = 1024  # attribute rows whose average face is kept
 MODEL_CARD = """---
 {{ card_data }}
 ---
@@ -127,7 +128,9 @@ class FaceGenerator(
             raise FacesError("a conditional generator needs a pool of attribute rows (pool_size >= 1)")
         self.register_buffer("attribute_pool", torch.zeros(pool_size, len(self.attributes)))
         self.ema, self.source = ema, source
-        self._average: torch.Tensor | None = None  # the unconditional average face's features, once known
+        # the average face's features once computed, by attribute row (None: unconditional); the
+        # weights of a FaceGenerator are loaded once (load_state_dict clears them)
+        self._averages: dict[tuple[float, ...] | None, torch.Tensor] = {}
 
     @property
     def latent_dim(self) -> int:
@@ -189,18 +192,23 @@ class FaceGenerator(
         for an unconditional model (computed once), (B, ...) for attribute rows (B, A)."""
         draw = torch.Generator().manual_seed(AVERAGE_SEED)
         if not self.attributes:
-            if self._average is None or self._average.device != self.device:
+            if None not in self._averages:
                 z = torch.randn(AVERAGE_SAMPLES, self.latent_dim, generator=draw).to(self.device)
                 total = sum(self.network.stem(part).double().sum(0) for part in z.split(MAX_BATCH))
-                self._average = (total / AVERAGE_SAMPLES).float()[None]
-            return self._average
+                self._averages[None] = (total / AVERAGE_SAMPLES).float()[None]
+            return self._averages[None].to(self.device)
         z = torch.randn(AVERAGE_SAMPLES_PER_ROW, self.latent_dim, generator=draw).to(self.device)
         rows, index = torch.unique(attributes.float(), dim=0, return_inverse=True)
-        means = torch.stack([self.network.stem(z, row.expand(len(z), -1)).mean(0) for row in rows])
-        return means[index]
+        if len(self._averages) + len(rows) > MAX_AVERAGES:
+            self._averages.clear()  # bounded memory when a long generate meets many rows
+        for row in rows:  # the page renders a few rows again and again: each is averaged once
+            key = tuple(row.tolist())
+            if key not in self._averages:
+                self._averages[key] = self.network.stem(z, row.expand(len(z), -1)).mean(0)
+        return torch.stack([self._averages[tuple(row.tolist())].to(self.device) for row in rows])[index]
 
     def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
-        self._average = None  # new weights, a new average face
+        self._averages.clear()  # new weights, new average faces
         return super().load_state_dict(*args, **kwargs)
 
     def render(

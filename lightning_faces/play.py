@@ -188,22 +188,24 @@ def generate(args: argparse.Namespace) -> list[Path]:
 
 def render_character(args: argparse.Namespace) -> Path:
     """``generate --character FILE``: the page's face from its genes, the pixels of its download."""
-    from lightning_faces.character import Character, render
+    from lightning_faces.character import EDIT_RANGE, Character, render
 
     path = Path(args.character)
-    if args.attributes:
-        raise FacesError("--attributes does not apply with --character: the genes hold its attributes")
+    if args.attributes or args.grid:
+        raise FacesError("--attributes and --grid do not apply with --character: it renders the face its genes hold")
     if not path.is_file():
         raise FacesError(f"--character {path} is not a file: save the page's genes (Copy genes) into one")
     out = check_output(Path(args.out), "--out", "folder")
     generator = _generator(args)
     directions = {}
     if not generator.attributes:
-        from lightning_faces.control import slider_directions
+        from lightning_faces.directions import slider_directions
 
         directions = slider_directions(generator, args.classifier)
     names = list(generator.attributes) or list(directions)
-    character = Character.from_genes(path.read_text(), generator.latent_dim, names, source=f"--character {path}")
+    span = (0.0, 1.0) if generator.attributes else (-EDIT_RANGE, EDIT_RANGE)
+    hint = "" if generator.attributes or args.classifier else "; a page's named sliders need its --classifier here"
+    character = Character.from_genes(path.read_text(), generator.latent_dim, names, span, f"--character {path}", hint)
     if args.truncation is not None:
         character = character.at(args.truncation)
     return save_png(render(generator, character, directions), out / f"{character.file_stem()}.png")

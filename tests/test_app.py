@@ -230,8 +230,15 @@ def test_randomize_sliders_save_mix_and_download_in_a_browser(conditional_page, 
     assert np.array_equal(np.asarray(Image.open(png).convert("RGB")), generated)
 
     # save two characters (the first at this truncation), mix them: each gene of the child is one parent's
+    face = user.pixels("#face img")
     page.click("#save")
     page.wait_for_function("document.querySelectorAll('#saved img').length >= 1", timeout=WAIT)
+    thumbnail = user.pixels("#saved img")  # drawn at the truncation it was saved with: the face on screen
+    side = 16  # the generator's size; both are nearest-neighbour enlargements of its pixels
+    assert np.array_equal(
+        face[:: face.shape[0] // side, :: face.shape[1] // side],
+        thumbnail[:: thumbnail.shape[0] // side, :: thumbnail.shape[1] // side],
+    )
     parent_b = user.after(lambda: page.click("#randomize"))
     user.wait_for_slider("#truncation", truncation)  # a new face keeps the truncation chosen
     assert parent_b["truncation"] == truncation
@@ -241,6 +248,8 @@ def test_randomize_sliders_save_mix_and_download_in_a_browser(conditional_page, 
     page.wait_for_function("document.querySelectorAll('#saved img').length >= 2", timeout=WAIT)
     captions = page.locator("#saved").inner_text()
     assert "#1 seed" in captions and "#2 seed" in captions
+    cut = "[...document.querySelectorAll('#saved .caption-label')].filter(c => c.scrollWidth > c.clientWidth + 1)"
+    assert page.evaluate(f"{cut}.length") == 0  # captions show whole
     strip, strip_source = user.pixels("#genes-strip img"), page.locator("#genes-strip img").get_attribute("src")
     child = user.after(lambda: page.click("#mix"))
     assert child["seed"] is None and child["parents"] == ["#1", "#2"]

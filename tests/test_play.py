@@ -17,8 +17,8 @@ from lightning_faces import FaceGenerator, FacesError, load_generator
 from lightning_faces.app import Studio
 from lightning_faces.character import Character
 from lightning_faces.cli import main
-from lightning_faces.control import latent_directions, slider_directions
 from lightning_faces.data import to_uint8
+from lightning_faces.directions import latent_directions, slider_directions
 from lightning_faces.generator import AVERAGE_SAMPLES_PER_ROW, AVERAGE_SEED
 from lightning_faces.growth import enlarge
 from lightning_faces.module import GAN
@@ -367,8 +367,14 @@ def test_generate_refuses_genes_that_are_not_a_character_in_one_line(checkpoints
             json.dumps({**good, "latent": [0.0, 1.0]}),
             "has a latent of 2 numbers; this generator takes 8",
         ),
-        "unknown control": (json.dumps({**good, "controls": {"Wings": 1}}), "sets Wings, which this generator"),
+        "unknown control": (json.dumps({**good, "controls": {"Wings": 1}}), "sets Wings, not among the generator's"),
+        "control out of range": (json.dumps({**good, "controls": {"Eyeglasses": 50}}), "Eyeglasses outside [0, 1]"),
+        "huge latent": (json.dumps({**good, "latent": [1e300] * 8}), "every latent entry must be a finite number"),
+        "text in latent": (json.dumps({**good, "latent": ["a"] * 8}), "every latent entry must be a finite number"),
         "bad psi": (json.dumps({**good, "truncation": 3}), "truncation must be a number in [0, 1]"),
+        "bad seed": (json.dumps({**good, "seed": True}), "seed must be a whole number from 0"),
+        "bad parents": (json.dumps({**good, "parents": 5}), "parents must be a list of labels"),
+        "bad origin": (json.dumps({**good, "parents": ["#1", "#2"], "origin": "AB"}), "origin must be one letter"),
     }
     for name, (text, message) in cases.items():
         (tmp_path / "genes.json").write_text(text)
@@ -379,16 +385,38 @@ def test_generate_refuses_genes_that_are_not_a_character_in_one_line(checkpoints
     assert not any((tmp_path / "x").glob("*.png"))
 
 
+def whole(net: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """The network's forward pass written out in one piece, as before the stem/synthesize split."""
+    from lightning_faces.nets.progressive import _lrelu, pixel_norm
+
+    name = type(net).__name__
+    if name == "DCGANGenerator":
+        return net.net(z.view(len(z), -1, 1, 1))
+    if name == "ResNetGenerator":
+        h = net.blocks(net.project(z).view(len(z), net.first_channels, 4, 4))
+        return torch.tanh(net.to_rgb(torch.relu(net.norm(h))))
+    if name == "R3GANGenerator":
+        return net.to_rgb(net.stages(net.basis * net.coefficients(z)[:, :, None, None]))
+    x = pixel_norm(_lrelu(net.first(pixel_norm(z)).view(len(z), -1, 4, 4)))  # progressive, grown in full
+    x = pixel_norm(_lrelu(net.first_conv(x)))
+    assert float(net.alpha) == 1.0
+    for block in net.blocks[: int(net.level)]:
+        x = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+        for conv in block:
+            x = pixel_norm(_lrelu(conv(x)))
+    return net.to_rgb[int(net.level)](x)
+
+
 @pytest.mark.parametrize("network", ["DCGANGenerator", "ResNetGenerator", "R3GANGenerator", "ProgressiveGenerator"])
 def test_every_generator_truncates_toward_its_average_face(network):
     # every network of the package splits into stem and synthesize, so truncation works for all
-    generator = FaceGenerator(
-        {"class_path": f"lightning_faces.nets.{network}", "init_args": {"image_size": 16, "width": 8}}
-    )
-    generator.eval()
+    spec = {"class_path": f"lightning_faces.nets.{network}", "init_args": {"image_size": 16, "width": 8}}
+    generator = FaceGenerator(spec).eval()
     latents = torch.randn(6, generator.latent_dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(generator(latents, None, 1.0), enlarge(generator.network(latents), 16))
+        net = generator.network
+        torch.testing.assert_close(net.synthesize(net.stem(latents)), whole(net, latents))  # the split loses nothing
+        torch.testing.assert_close(generator(latents, None, 1.0), enlarge(whole(net, latents), 16))  # psi 1: untouched
         average = generator(latents, None, 0.0)
         half = generator(latents, None, 0.5)
     assert torch.equal(average, average[:1].expand_as(average))  # psi 0: one face for every latent
