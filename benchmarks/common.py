@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from lightning_faces.data import CelebADataModule
+from lightning_faces.hardware import cpu_flags, cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +28,8 @@ def repo_env() -> dict[str, str]:
 def machine() -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "gpu": gpu,
         "torch": torch.__version__,

@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         *data,
         "--model.generator.init_args.width", width, "--model.discriminator.init_args.width", width,
         "--data.batch_size", str(args.train_batch_size), "--data.val_split", "null",
+        "--trainer.precision", "32-true",  # as benchmarks.quality's rows, whatever the CPU
         "--trainer.max_time", f"00:00:{minutes:02d}:{seconds:02d}", "--trainer.max_epochs", "-1",
         "--fid.every_n_epochs", "0", "--fid.every_n_steps", "0", "--trainer.callbacks+=benchmarks.quality.SaveAtEnd",
     ]  # fmt: skip

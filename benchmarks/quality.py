@@ -211,6 +211,7 @@ def train(name: str, seed: int, train_dir: Path, args: argparse.Namespace) -> Pa
     command = [
         sys.executable, "-m", "lightning_faces", "fit",
         *(item for f in files for item in ("--config", str(CONFIGS / f))),
+        "--trainer.precision", "32-true",  # fp32 unless a candidate says otherwise, whatever the CPU
         *overrides,
         "--config", str(Path(args.work) / "benchmark.yaml"),
         "--data.data_dir", str(train_dir),

@@ -35,6 +35,7 @@ from lightning_faces.console import program_name, quiet_known_noise, say
 from lightning_faces.data import FaceDataModule, select_attributes
 from lightning_faces.errors import FacesError
 from lightning_faces.files import remove_stale_temporaries
+from lightning_faces.hardware import choose_precision
 from lightning_faces.loggers import (
     KeepWandbRun,
     RunStarted,
@@ -180,6 +181,11 @@ class FacesCLI(LightningCLI):
                 # for the end of the iteration (see slurm.py)
                 plugins = [*plugins, SLURMEnvironment(auto_requeue=False)]
         kwargs["plugins"], kwargs["callbacks"] = plugins, callbacks
+        if self.subcommand == "fit" and self.setting("trainer.precision") is None:
+            precision, why = choose_precision(self.setting("trainer.accelerator"))
+            if precision is not None:
+                kwargs["precision"] = precision
+                say(f"trainer.precision {precision}: {why} (set trainer.precision to choose)")
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks += [RunStarted(), KeepWandbRun()]
         if self.subcommand == "fit":

@@ -83,3 +83,13 @@ class HoldAt(L.Callback):
             if self.release.exists():
                 return
             time.sleep(0.1)
+
+
+class RecordPrecision(L.Callback):
+    """Writes the precision the run trains in (``trainer.precision``) to ``path`` at fit start."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.path.write_text(str(trainer.precision))
