@@ -6,17 +6,19 @@
 (b) ``lightning_faces``: the GAN LightningModule on the prepared array, through Lightning's
     Trainer, with the same networks, batch size and optimizers, once per ``--variants`` entry:
     a Lightning precision (``32-true``, ``bf16-mixed``) and switches after ``+``:
-    ``channels_last``, ``compile`` (``torch.compile``), ``fresh`` (G's update on fresh latents:
+    ``channels_last``, ``compile`` (``torch.compile``), ``cuda_graph`` (the iteration replayed as
+    one CUDA graph; eager on a CPU), ``fresh`` (G's update on fresh latents:
     two G passes per iteration), ``on_device`` (``data.on_device``: the uint8 array on the
     device, no loader); ``default`` is what ``fit`` does with none of them set (``GAN``'s
-    defaults: fp32, one G pass, channels-last on CPU).
+    defaults: one G pass, channels-last on CPU; bf16-mixed on a CPU with bf16 arithmetic, fp32
+    elsewhere, as ``fit`` chooses when the config sets no precision).
 All run in one process, in turns (plain, each variant, plain, each variant, ...). Each variant's
 ratio to the plain loop is taken per round, against that round's plain run, and reported as the
 median over rounds with its range: the machine is shared and noisy.
 
     python -m benchmarks.train --data-dir ../shared/celeba-sample            # CPU
     python -m benchmarks.train --data-dir DATA --device cuda --iterations 200 \
-        --variants 32-true bf16-mixed bf16-mixed+channels_last+compile+on_device
+        --variants 32-true bf16-mixed bf16-mixed+on_device+cuda_graph bf16-mixed+channels_last+compile+on_device
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from torch.utils.data import DataLoader
 from benchmarks.common import sample_data, table, write_json
 from benchmarks.data import JpegFolder
 from lightning_faces.checkpoint import SafeCheckpointIO
+from lightning_faces.hardware import choose_precision, describe_cpu
 from lightning_faces.module import GAN
 from lightning_faces.nets import DCGANDiscriminator, DCGANGenerator
 
@@ -105,7 +108,7 @@ class Stopwatch(L.Callback):
         self.seconds = time.perf_counter() - self.started
 
 
-OPTIONS = ("channels_last", "compile", "fresh", "on_device")
+OPTIONS = ("channels_last", "compile", "cuda_graph", "fresh", "on_device")
 
 
 def parse_variant(variant: str) -> tuple[str | None, set[str]]:
@@ -130,6 +133,7 @@ def lightning_run(args: argparse.Namespace, device: torch.device, prepared_dir: 
         DCGANDiscriminator(args.width, args.image_size),
         fresh_latents="fresh" in options,
         compile="compile" in options,
+        cuda_graph="cuda_graph" in options,
         **switches,
     )
     data = sample_data(args, prepared_dir, **({"on_device": True} if "on_device" in options else {}))
@@ -137,7 +141,7 @@ def lightning_run(args: argparse.Namespace, device: torch.device, prepared_dir: 
     trainer = L.Trainer(
         accelerator=device.type,
         devices=1,
-        precision=precision or "32-true",  # default: Lightning's, which fit keeps
+        precision=precision or default_precision(device),
         max_steps=args.warmup + args.iterations,
         logger=False,
         enable_checkpointing=False,
@@ -148,6 +152,16 @@ def lightning_run(args: argparse.Namespace, device: torch.device, prepared_dir: 
     )
     trainer.fit(model, data)
     return args.iterations * args.batch_size / stopwatch.seconds
+
+
+def default_precision(device: torch.device) -> str:
+    """The precision ``fit`` trains in on ``device`` when the config sets none."""
+    return choose_precision(device.type)[0] or "32-true"
+
+
+def describe(device: torch.device) -> str:
+    """The device a figure is from: a GPU's name, or the CPU's model and its bf16 arithmetic."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else describe_cpu()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -198,9 +212,10 @@ def main(argv: list[str] | None = None) -> dict:
     for variant, rounds in lightning.items():
         name = variant.replace("+", ", ")
         if variant == "default":
-            name = f"default on {device.type} ({'channels_last, ' if device.type == 'cpu' else ''}32-true)"
+            layout = "channels_last, " if device.type == "cpu" else ""
+            name = f"default on {device.type} ({layout}{default_precision(device)})"
         rows.append(summarize(f"lightning_faces, {name}", rounds, plain))
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else args.device
+    where = describe(device)
     print(
         f"\nTraining on {where}: DCGAN {args.image_size}px, width {args.width}, batch {args.batch_size}, "
         f"{args.iterations} timed iterations x {args.rounds} rounds (medians; ratios per round against that "

@@ -17,8 +17,9 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
-from lightning_faces import schedules
+from lightning_faces import capture, schedules
 from lightning_faces.augment import DiffAugment
+from lightning_faces.capture import CapturedIteration
 from lightning_faces.checkpoint import built_settings, describe_settings, load_checkpoint
 from lightning_faces.data.images import to_uint8
 from lightning_faces.distributed import (
@@ -86,6 +87,9 @@ class GAN(L.LightningModule):
         channels_last: channels-last memory layout for G, D and the batches. ``None``: on CPUs,
             where it was measured faster (docs/benchmarks.md), off on GPUs.
         compile: compile G and D with ``torch.compile`` at the start of fit (the same checkpoint keys).
+        cuda_graph: run each iteration as one CUDA graph, captured once and replayed
+            (``capture.CapturedIteration``: the plain iteration only, without regularizers,
+            augmentation or schedules); on a CPU the same step runs eagerly.
         growth: grow G and D from a low resolution to the data's, ProGAN's way (``growth.Growth``;
             networks from ``nets.progressive``). ``None``: train at the data's resolution throughout.
         seed: seeds the training latents, the fixed latents and the virtual-batch-norm references.
@@ -119,6 +123,7 @@ class GAN(L.LightningModule):
         fresh_latents: bool = False,
         channels_last: bool | None = None,
         compile: bool = False,
+        cuda_graph: bool = False,
         growth: Growth | None = None,
         seed: int = 0,
     ) -> None:
@@ -167,6 +172,7 @@ class GAN(L.LightningModule):
         self.progress: dict[str, float] = {}  # host numbers for the progress bar (callbacks.ProgressBar)
         self._replicas: dict[str, nn.Module] = {}  # DDP wrappers of G and D (distributed.GANDDPStrategy)
         self._channels_last: bool | None = None  # channels_last, resolved for the device in setup
+        self._captured: CapturedIteration | None = None  # cuda_graph: the iteration, built in setup
 
     @classmethod
     def from_checkpoint(
@@ -217,6 +223,9 @@ class GAN(L.LightningModule):
             net.to(memory_format=torch.channels_last)
         for net in self._networks()[:2] if self.hparams.compile and stage == "fit" else ():
             net.compile()  # in place: the module (and its state_dict keys) stay the same; twice is harmless
+        if self.hparams.cuda_graph and stage == "fit":
+            capture.check(self)
+            self._captured = CapturedIteration(self)
 
     def distribute(self, wrap: Any) -> None:
         """Runs training passes through ``wrap(G)`` and ``wrap(D)`` (DDP); ``None`` undoes it.
@@ -229,6 +238,8 @@ class GAN(L.LightningModule):
             raise FacesError(
                 "model.beta2 sets Adam's beta2, but an optimizer has no betas: use Adam or AdamW, or drop beta2"
             )
+        if self.hparams.cuda_graph and self.device.type == "cuda":
+            capture.make_capturable(optimizers)
         if self.hparams.lr_decay == "none":
             return optimizers
         iterations = self.trainer.max_steps
@@ -240,6 +251,8 @@ class GAN(L.LightningModule):
         return optimizers, [{"scheduler": s, "interval": "step"} for s in schedulers]
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        if self._captured is not None:
+            return self._captured_training_step(batch)
         hp, genes, t = self.hparams, self.genes, self.iteration
         real, real_attributes = batch  # (B, 3, S, S) in [-1, 1]; (B, A) in {0, 1}, A = 0 unconditional
         d_opt, g_opt = self.optimizers()
@@ -334,6 +347,34 @@ class GAN(L.LightningModule):
         logs.update({f"train/{name}": value for name, value in readings.items()})  # mean D(x), D(G(z)), accuracy
         logs["train/d_loss"], logs["train/d_skipped"] = d_loss.detach(), torch.tensor(float(skip_d))
         self.log_dict(logs)  # tensors: the loggers read them on the host at logging intervals only
+        self._show_progress(logs)
+        self.iteration += 1
+        self.images_seen = seen + batch_images
+
+    def _captured_training_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """``training_step`` through ``capture.CapturedIteration`` (``cuda_graph``): the same
+        iteration, its inputs drawn here as there, both optimizer steps inside it. D's Lightning
+        optimizer runs it as the step's closure, so Lightning counts the iteration; the step after
+        the closure finds no gradients (the iteration leaves none) and changes nothing."""
+        real, real_attributes = batch
+        if self._channels_last:
+            real = real.contiguous(memory_format=torch.channels_last)
+        t, seen, batch_images = self.iteration, int(self.images_seen), real.shape[0]  # type: ignore[arg-type]
+        real_labels = self.genes.labels(real_attributes, self.dtype)
+        inputs = {
+            "real": real,
+            "latents": self.genes.for_iteration(real.shape[0], t, slot=0),
+            "real_labels": real_labels,
+            "fake_labels": self.genes.shuffled(real_labels, t, slot=0),
+            "ema_weight": 1.0 - self.ema.beta(batch_images, seen) if self.ema is not None else None,
+        }
+        logs: dict[str, torch.Tensor] = {}
+        d_opt, _ = self.optimizers()
+        d_opt.step(closure=lambda: logs.update(self._captured(**inputs)))
+        if self.ema is not None and not self.ema.fixed:
+            logs["train/ema_beta"] = torch.tensor(1.0 - inputs["ema_weight"])
+        logs["train/d_skipped"] = torch.tensor(0.0)
+        self.log_dict(logs)
         self._show_progress(logs)
         self.iteration += 1
         self.images_seen = seen + batch_images
