@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_faces.data import select_attributes
+from lightning_faces.data import parse_attribute_names
 from lightning_faces.errors import FacesError
 from lightning_faces.nets.contract import check_image_size
 
@@ -54,7 +54,7 @@ class AttributeClassifier(L.LightningModule):
         weight_decay: float = 1e-4,
     ) -> None:
         super().__init__()
-        self.attribute_names = select_attributes(attributes)
+        self.attribute_names = parse_attribute_names(attributes)  # the data checks they exist
         if not self.attribute_names:
             raise FacesError("the attribute classifier needs attributes to predict: set data.attributes (or all)")
         self.save_hyperparameters({"attributes": list(self.attribute_names)})

@@ -32,7 +32,7 @@ from lightning_faces.checkpoint import (
     write_failure,
 )
 from lightning_faces.console import program_name, quiet_known_noise, say
-from lightning_faces.data import FaceDataModule, select_attributes
+from lightning_faces.data import FaceDataModule, parse_attribute_names
 from lightning_faces.errors import FacesError
 from lightning_faces.files import remove_stale_temporaries
 from lightning_faces.hardware import choose_precision
@@ -215,7 +215,7 @@ def _is_gan(class_path: str) -> bool:
 
 def attribute_list(attributes: Any) -> list[str]:
     """``data.attributes`` as the networks take it: a list of CelebA names (``all`` spelled out)."""
-    return list(select_attributes(attributes))
+    return list(parse_attribute_names(attributes))
 
 
 def _as_list(value: Any) -> list:

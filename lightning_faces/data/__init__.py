@@ -1,6 +1,7 @@
 """Face data: one idea a file.
 
-``attributes`` (CelebA's names, the columns a run conditions on), ``images`` (decode, crop,
+``attributes`` (the columns a run conditions on, CelebA's names or a folder's), ``labels`` (a
+folder's own labels, from a CSV beside the images), ``images`` (decode, crop,
 resize, uint8 <-> float), ``datamodule`` (the DataModule, which takes a ``Source`` of images,
 and its resumable sampler), the sources ``celeba`` (CelebA's layout), ``folders`` (any image
 folder) and ``synthetic`` (drawn faces, no download), and ``prepared`` (uint8 arrays built
@@ -8,7 +9,12 @@ once, memory-mapped). ``CelebADataModule`` and its two siblings are a FaceDataMo
 their source built from their own arguments, as the configs name them.
 """
 
-from lightning_faces.data.attributes import CELEBA_ATTRIBUTES, parse_attribute_values, select_attributes
+from lightning_faces.data.attributes import (
+    CELEBA_ATTRIBUTES,
+    parse_attribute_names,
+    parse_attribute_values,
+    select_attributes,
+)
 from lightning_faces.data.celeba import CelebA, CelebADataModule, CelebAFaces
 from lightning_faces.data.datamodule import EpochSampler, FaceDataModule, Source, Split
 from lightning_faces.data.folders import FolderFaces, ImageFolder, ImageFolderDataModule
@@ -31,6 +37,7 @@ __all__ = [
     "Split",
     "to_float",
     "parse_attribute_values",
+    "parse_attribute_names",
     "select_attributes",
     "to_uint8",
 ]

@@ -1,8 +1,9 @@
-"""Which of CelebA's 40 attributes a run conditions on, and attribute values written by hand.
+"""Which attributes a run conditions on, and attribute values written by hand.
 
-Every face source yields all 40 attributes (a plain folder none); a run picks its conditioning
-by CelebA's names (``data.attributes``), and the datamodule hands on only those columns, in the
-order given. ``Eyeglasses=1,Male=0`` is how a user asks for values on the command line.
+Every face source yields all of its attribute columns: CelebA's 40 for CelebA and the drawn
+faces, a labels CSV's for a folder (none without one). A run picks its conditioning by name
+(``data.attributes``), and the datamodule hands on only those columns, in the order given.
+``Eyeglasses=1,Male=0`` is how a user asks for values on the command line.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ CELEBA_ATTRIBUTES = (
 ).split()
 
 
-def select_attributes(requested: Sequence[str] | str | None) -> tuple[str, ...]:
-    """CelebA attribute names as a run asks for them: ``all``, a list, or none (unconditional).
+def parse_attribute_names(requested: Sequence[str] | str | None) -> tuple[str, ...]:
+    """Attribute names as a run gives them: ``all`` (CelebA's 40), a list or ``"a,b"``, or none.
 
-    Raises FacesError for an unknown or repeated name, listing the valid ones.
+    Raises FacesError for a name given twice; which names exist is the data's to say
+    (``select_attributes``).
     """
     if requested is None or requested == "" or requested == []:
         return ()
@@ -34,21 +36,35 @@ def select_attributes(requested: Sequence[str] | str | None) -> tuple[str, ...]:
         if requested == "all":
             return tuple(CELEBA_ATTRIBUTES)
         requested = [name.strip() for name in requested.split(",")]
-    unknown = [name for name in requested if name not in CELEBA_ATTRIBUTES]
-    if unknown:
-        raise FacesError(
-            f"data.attributes: unknown attribute {', '.join(unknown)}; CelebA's are {' '.join(CELEBA_ATTRIBUTES)} "
-            "(or 'all')"
-        )
     repeated = sorted({name for name in requested if list(requested).count(name) > 1})
     if repeated:
         raise FacesError(f"data.attributes names {', '.join(repeated)} more than once")
     return tuple(requested)
 
 
-def attribute_columns(names: Sequence[str]) -> list[int]:
-    """Columns of ``names`` in CelebA's 40-attribute rows."""
-    return [CELEBA_ATTRIBUTES.index(name) for name in names]
+def select_attributes(
+    requested: Sequence[str] | str | None, known: Sequence[str] = CELEBA_ATTRIBUTES, where: str = "CelebA's"
+) -> tuple[str, ...]:
+    """The attributes a run conditions on, checked against those its data has (``known``,
+    named ``where`` in messages: CelebA's 40 unless a folder's labels say otherwise).
+
+    Raises FacesError for an unknown or repeated name, listing the valid ones.
+    """
+    if requested == "all" and tuple(known) != tuple(CELEBA_ATTRIBUTES):
+        raise FacesError(f"data.attributes all means CelebA's 40; {where} are {' '.join(known)}: list those you want")
+    names = parse_attribute_names(requested)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        suffix = " (or 'all')" if tuple(known) == tuple(CELEBA_ATTRIBUTES) else ""
+        raise FacesError(
+            f"data.attributes: unknown attribute {', '.join(unknown)}; {where} are {' '.join(known)}{suffix}"
+        )
+    return names
+
+
+def attribute_columns(names: Sequence[str], known: Sequence[str] = CELEBA_ATTRIBUTES) -> list[int]:
+    """Columns of ``names`` in the data's attribute rows (CelebA's 40 unless ``known`` says otherwise)."""
+    return [list(known).index(name) for name in names]
 
 
 def parse_attribute_values(text: str | None, names: Sequence[str], fractions: bool = False) -> dict[str, float]:

@@ -1,7 +1,8 @@
 """The base LightningDataModule of every face source, and the resumable sampler it trains with.
 
-Every dataset yields ``(image, attributes)``: image is uint8 (3, S, S), attributes float (40,) in
-{0, 1} (CelebA's, in its order; none for a plain folder). Images stay uint8 until they reach the
+Every dataset yields ``(image, attributes)``: image is uint8 (3, S, S), attributes float (A,) in
+[0, 1], the source's ``attribute_names`` in order (CelebA's 40 for CelebA and the drawn faces, a
+labels CSV's columns for a folder, none for a folder without one). Images stay uint8 until they reach the
 device, where ``on_after_batch_transfer`` scales them to [-1, 1], flips them (cheap on any device,
 and it keeps the loader workers light) and keeps the attribute columns the run conditions on.
 """
@@ -20,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from lightning_faces.data.attributes import (
+    CELEBA_ATTRIBUTES,
     attribute_columns,
     dataset_attributes,
     parse_attribute_values,
@@ -134,7 +136,7 @@ class Source(abc.ABC):
     """
 
     key = ""  # the name prepared arrays and FID's cached statistics are keyed on
-    labelled = True  # the images carry CelebA's 40 attribute columns
+    attribute_names: tuple[str, ...] = tuple(CELEBA_ATTRIBUTES)  # the columns of its attribute rows
     files = True  # read from image files: prepared once into an array unless data.prepared is false
     train_split: Split = "all"  # what fit trains on
     val_split: Split | None = None  # what validate (and fit's validation) reads; None: none
@@ -147,6 +149,10 @@ class Source(abc.ABC):
     def where(self, split: Split) -> str:
         """The split, named for a message ("CelebA split 'valid' under data/celeba")."""
         return f"{self.key} split '{split}'"
+
+    def attributes_where(self) -> str:
+        """Whose attribute names ``attribute_names`` are, for messages ("CelebA's")."""
+        return "CelebA's"
 
     def resolve(self, split: Split) -> Split:
         """The split read for a name FID's ``real_split`` gives (a folder's ``train`` is all of
@@ -226,13 +232,14 @@ class FaceDataModule(L.LightningDataModule):
         self.flip = flip
         self.samples_per_epoch = samples_per_epoch
         self.predict_samples = predict_samples
-        self.attributes = select_attributes(attributes)
-        if self.attributes and not source.labelled:
+        known = source.attribute_names
+        if attributes and not known:
             raise FacesError(
-                f"{type(self).__name__} images have no attribute labels, so data.attributes must be empty "
-                "(conditioning needs CelebADataModule or SyntheticFacesDataModule)"
+                f"{type(self).__name__} images have no attribute labels, so data.attributes must be empty: "
+                "put a labels.csv beside the images (file,NAME,...; README 'Your own labels') or set data.labels"
             )
-        self.attribute_columns = attribute_columns(self.attributes)
+        self.attributes = select_attributes(attributes, known, source.attributes_where())
+        self.attribute_columns = attribute_columns(self.attributes, known)
         self.predict_attributes = parse_attribute_values(predict_attributes, self.attributes)
         self.on_device = on_device
         self._device_arrays: tuple[torch.Tensor, torch.Tensor] | None = None  # on_device: the training set
