@@ -8,7 +8,8 @@ rest for validation:
    and reports its per-attribute accuracy on the test split;
 2. trains ``dcgan.yaml + ema.yaml + conditional.yaml`` (13 attributes, projection D) and, for
    comparison, ``dcgan.yaml + ema.yaml`` (unconditional) for ``--minutes`` each on the training
-   split, the first with ``control.AttributeAccuracy`` judged by that classifier;
+   split, the first with ``control.AttributeAccuracy`` judged by that classifier (``--recipe
+   r3gan``: ``r3gan.yaml`` and the quality benchmark's CPU overlay instead of DCGAN + EMA);
 3. scores both with KID and FID against the held-out images (as ``benchmarks.quality``).
 
     python -m benchmarks.conditional --data-dir ../shared/celeba-sample --minutes 6 \\
@@ -27,8 +28,14 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import repo_env, table, write_json
-from benchmarks.quality import CONFIGS, fake_batches, features_of, real_features, score, split_images
+from benchmarks.quality import CANDIDATES, CONFIGS, fake_batches, features_of, real_features, score, split_images
 from lightning_faces.metrics import RESIZES, check_inception_weights, make_fid, real_sample
+
+# the configs both GANs are made of (the conditional one adds conditional.yaml), and overrides
+RECIPES: dict[str, tuple[list[str], list[str]]] = {
+    "dcgan": (["dcgan.yaml", "ema.yaml"], []),
+    "r3gan": (["r3gan.yaml"], CANDIDATES["r3gan"][1]),  # the CPU overlay (its widths override --width)
+}
 
 
 def celeba_split(data_dir: Path, work: Path, held_out: int, valid: int) -> Path:
@@ -71,7 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--minutes", type=float, default=6.0, help="training wall time per GAN")
     parser.add_argument("--classifier-steps", type=int, default=3000)
     parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--width", type=int, default=32, help="G's and D's width (CPU-sized)")
+    parser.add_argument("--recipe", default="dcgan", choices=RECIPES, help="the configs of both GANs")
+    parser.add_argument("--width", type=int, default=32, help="G's and D's width (dcgan: CPU-sized)")
     parser.add_argument("--train-batch-size", type=int, default=64)
     parser.add_argument("--held-out", type=int, default=1000, help="test images (the quality benchmark's)")
     parser.add_argument("--valid", type=int, default=500, help="validation images, from the rest")
@@ -110,18 +118,18 @@ def main(argv: list[str] | None = None) -> dict:
     width = str(args.width)
     shared = [
         *data,
+        *RECIPES[args.recipe][1],
         "--model.generator.init_args.width", width, "--model.discriminator.init_args.width", width,
         "--data.batch_size", str(args.train_batch_size), "--data.val_split", "null",
         "--trainer.precision", "32-true",  # as benchmarks.quality's rows, whatever the CPU
         "--trainer.max_time", f"00:00:{minutes:02d}:{seconds:02d}", "--trainer.max_epochs", "-1",
         "--fid.every_n_epochs", "0", "--fid.every_n_steps", "0", "--trainer.callbacks+=benchmarks.quality.SaveAtEnd",
     ]  # fmt: skip
-    configs = {
-        "conditional": ["dcgan.yaml", "ema.yaml", "conditional.yaml"],
-        "unconditional": ["dcgan.yaml", "ema.yaml"],
-    }
+    recipe = RECIPES[args.recipe][0]
+    prefix = "" if args.recipe == "dcgan" else f"{args.recipe}-"  # run folders: runs/<prefix>conditional
+    configs = {f"{prefix}conditional": [*recipe, "conditional.yaml"], f"{prefix}unconditional": recipe}
     judged = ["--trainer.callbacks.classifier_path", str(judge), "--trainer.callbacks.every_n_epochs", "5"]
-    extra = {"conditional": judged}
+    extra = {f"{prefix}conditional": judged}
     extractor = make_fid(args.weights, resize=args.resize).inception.to(device).eval()
     real = real_features(work / "held-out", args, extractor, device)
     rows = []
@@ -136,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
         fake = features_of(fake_batches(checkpoint, args, device), extractor, device, name)
         iterations = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["iteration"])
         row = {"config": name, "iterations": iterations, **score(real, fake, args)}
-        if name == "conditional":
+        if name == f"{prefix}conditional":
             control = last_row(folder / "metrics.csv", "val/attribute_accuracy")
             row["attribute accuracy"] = control["val/attribute_accuracy"]
             row["per attribute"] = {k.rsplit("/", 1)[1]: v for k, v in control.items() if "attribute_accuracy/" in k}
@@ -158,8 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
         for row in rows
     ]
     protocol = (
-        f"{args.image_size}px, width {args.width}, batch {args.train_batch_size}, {args.minutes:g} min per GAN on "
-        f"{device}; {len(real)} held-out real vs {args.samples} generated images"
+        f"{args.recipe}, {args.image_size}px, width {args.width}, batch {args.train_batch_size}, "
+        f"{args.minutes:g} min per GAN on {device}; {len(real)} held-out real vs {args.samples} generated images"
     )
     print(f"\nGANs at equal wall time ({protocol})")
     print(table(summary, list(summary[0])))
