@@ -144,15 +144,29 @@ def add_arguments(commands: Commands) -> None:
         "lightning_faces.load_generator(OUT): no Lightning, nothing unpickled.",
     )
     export.add_argument("checkpoint", help="a training checkpoint (.ckpt)")
-    export.add_argument("out", help="a new (or empty) folder")
+    export.add_argument("out", help="a new (or empty) folder; with --format onnx, a new .onnx file")
+    export.add_argument(
+        "--format",
+        choices=("safetensors", "onnx"),
+        default="safetensors",
+        help="safetensors: the folder above; onnx: one file for onnxruntime (latents [, attributes] -> images, "
+        "any batch; needs the onnx extra)",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
     if args.command == "export":
         if not Path(args.checkpoint).is_file():
             raise FacesError(f"{args.checkpoint} is not a file: export takes a training checkpoint (.ckpt)")
-        from lightning_faces.generator import export
+        from lightning_faces.generator import export, from_checkpoint
 
+        if args.format == "onnx":
+            from lightning_faces.onnx import export_onnx
+
+            check_output(Path(args.out), "export OUT:", "file")
+            generator = from_checkpoint(args.checkpoint)
+            print(f"exported to {export_onnx(generator, args.out)}: {generator.describe()}")
+            return
         check_output(Path(args.out), "export OUT:", "folder")
         out = export(args.checkpoint, args.out)
         print(f"exported to {out}: {load_generator(out).describe()}")
