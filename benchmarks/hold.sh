@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Share the machine with a running quality benchmark without touching what it measures.
+# Share the machine with a running quality (or conditional) benchmark without touching what it measures.
 #   bash benchmarks/hold.sh hold     # waits until no training run is going (the benchmark is
 #                                    # scoring), then freezes the benchmark's parent process
 #   bash benchmarks/hold.sh release  # lets it go on
 # Training wall time is what the benchmark compares; only scoring waits while held, so tests
 # or other CPU work can run in between without biasing a row.
 set -u
-parent() { pgrep -f "python -m benchmarks.quality" | head -1; }
+parent() { pgrep -f "python -m benchmarks[.](quality|conditional)" | head -1; }
 child() { pgrep -f "lightning_faces fit" | head -1; }
 case "${1:-}" in
 hold)

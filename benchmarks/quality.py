@@ -26,7 +26,6 @@ import argparse
 import subprocess
 import sys
 import time
-import warnings
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from tqdm import tqdm
 
 from benchmarks.common import REPO, repo_env, table, write_json
 from lightning_faces.data import ImageFolder, to_uint8
+from lightning_faces.evaluate import score_features
 from lightning_faces.files import atomic_path
 from lightning_faces.metrics import RESIZES, check_inception_weights, make_fid, real_sample
 from lightning_faces.module import GAN
@@ -111,17 +111,6 @@ class SaveAtEnd(Callback):
         trainer.save_checkpoint(Path(trainer.log_dir) / "checkpoints" / "final.ckpt")
 
 
-class Features(nn.Module):
-    """Hands precomputed Inception features to torchmetrics' FID and KID as if it extracted them."""
-
-    def __init__(self, num_features: int) -> None:
-        super().__init__()
-        self.num_features = num_features  # read by torchmetrics' FID instead of a trial pass
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features
-
-
 def split_images(data_dir: Path, work: Path, held_out: int) -> tuple[Path, Path]:
     """Links a seeded random ``held_out`` of the CelebA images into work/held-out, the rest into work/train."""
     source = (data_dir / "celeba" / "img_align_celeba").resolve()  # links from another folder: absolute
@@ -187,20 +176,10 @@ def fake_features(
 
 
 def score(real: torch.Tensor, fake: torch.Tensor, args: argparse.Namespace) -> dict[str, float]:
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.kid import KernelInceptionDistance
-
-    torch.manual_seed(0)  # KID's subsets
-    # KID keeps every feature it is given, and says so; these are a few thousand vectors
-    warnings.filterwarnings("ignore", message="Metric `Kernel Inception Distance` will save all extracted features")
-    subset = min(args.kid_subset_size, len(real), len(fake))
-    kid = KernelInceptionDistance(feature=Features(real.shape[1]), subsets=args.kid_subsets, subset_size=subset)
-    fid = FrechetInceptionDistance(feature=Features(real.shape[1]))
-    for metric in (kid, fid):
-        metric.update(real, real=True)
-        metric.update(fake, real=False)
-    kid_mean, kid_std = kid.compute()
-    return {"kid": float(kid_mean), "kid_std": float(kid_std), "fid": float(fid.compute())}
+    """KID (over ``--kid-subsets`` of ``--kid-subset-size``) and FID, as ``evaluate`` computes them."""
+    subsets = {"kid_subsets": args.kid_subsets, "kid_subset_size": args.kid_subset_size}
+    scores = score_features(real, fake, ["fid", "kid"], **subsets)
+    return {"kid": scores["kid"], "kid_std": scores["kid_std"], "fid": scores["fid"]}
 
 
 def train(name: str, seed: int, train_dir: Path, args: argparse.Namespace) -> Path:

@@ -26,6 +26,7 @@ from lightning_faces.metrics import (
 from lightning_faces.parsing import TRAINING, Commands, ShortErrorParser, at_least
 
 if TYPE_CHECKING:
+    from lightning_faces.generator import FaceGenerator
     from lightning_faces.module import GAN
 
 
@@ -45,8 +46,37 @@ def command_tree() -> ShortErrorParser:
     )
     fid.add_argument("source_a")
     fid.add_argument("source_b")
+    add_source_options(fid)
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="FID, KID, precision/recall and IS of a generator or folder against real images (run: evaluate --help).",
+        description="Scores FAKE (a checkpoint, an export folder or a folder of images) against REAL (an image "
+        "folder or a CelebA-layout folder) with the metrics papers report; prints a table and, with --json, "
+        "writes one, each number with the network, counts and settings it was measured with. A generator's "
+        "images are the faces `generate` renders for seeds 0, 1, 2, ...",
+    )
+    evaluate.add_argument("fake", help="a training checkpoint, an export folder, or a folder of generated images")
+    evaluate.add_argument("real", help="a folder of real images, or a CelebA-layout folder (the one holding celeba/)")
+    add_source_options(evaluate)
+    from lightning_faces import evaluate as evaluation
+
+    evaluation.add_arguments(evaluate)
+    download = commands.add_parser(
+        "download-weights",
+        help="Fetch FID's Inception weights, on a machine with internet (run: download-weights --help).",
+    )
+    download.add_argument("--output", default=None, help="where to save (default: where torchmetrics looks)")
+    from lightning_faces import app, play
+
+    play.add_arguments(commands)
+    app.add_arguments(commands)
+    return parser
+
+
+def add_source_options(fid: argparse.ArgumentParser) -> None:
+    """How ``fid`` and ``evaluate`` read their sources: sizes, counts, crops, Inception's settings."""
     fid.add_argument("--image-size", type=int, default=None, help="side in pixels (default: the checkpoint's, else 64)")
-    fid.add_argument("--num-samples", type=at_least(2), default=10_000, help="images sampled from a checkpoint")
+    fid.add_argument("--num-samples", type=at_least(2), default=10_000, help="images sampled from a generator")
     fid.add_argument(
         "--max-images",
         type=at_least(2),
@@ -72,16 +102,6 @@ def command_tree() -> ShortErrorParser:
     )
     fid.add_argument("--weights", default=None, help="Inception weights file (default: torch-fidelity's location)")
     fid.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    download = commands.add_parser(
-        "download-weights",
-        help="Fetch FID's Inception weights, on a machine with internet (run: download-weights --help).",
-    )
-    download.add_argument("--output", default=None, help="where to save (default: where torchmetrics looks)")
-    from lightning_faces import app, play
-
-    play.add_arguments(commands)
-    app.add_arguments(commands)
-    return parser
 
 
 def run_tool(argv: list[str]) -> None:
@@ -105,6 +125,9 @@ def run_tool(argv: list[str]) -> None:
         print(f"Inception weights at {path}")
         if args.output:
             print(f"set fid.feature_extractor_weights_path: {path} in your config")
+        return
+    if args.command == "evaluate":
+        run_evaluate(args)
         return
     if args.command in TRAINING:  # reached only through command_tree() called directly
         raise FacesError(f"{args.command} is a training command: run it as {program_name()} {args.command} ...")
@@ -141,6 +164,70 @@ def compute_fid(args: argparse.Namespace) -> float:
     return float(fid.compute())
 
 
+def run_evaluate(args: argparse.Namespace) -> dict:
+    """``evaluate FAKE REAL``: the table, and the JSON with --json."""
+    from lightning_faces import evaluate as evaluation
+
+    metrics = evaluation.check_metrics(args.metrics)
+    weights = check_inception_weights(args.weights, option="--weights")
+    device = torch.device(args.device)
+    inception = evaluation.InceptionFeatures(weights, args.resize)
+    if "is" in metrics:
+        inception.classifier()  # a features-only Inception copy is refused now, not after the features
+    vgg16_path = evaluation.find_vgg16(args.vgg16_weights) if {"precision", "recall"} & set(metrics) else None
+    vgg16 = evaluation.VGG16Features(vgg16_path) if vgg16_path else None
+    generator = _exported_or_checkpoint(args.fake, args.generator, device)
+    image_size = args.image_size or (generator.image_size if generator is not None else 64)
+    if generator is not None:
+        if generator.image_size != image_size:
+            raise FacesError(f"{args.fake} generates {generator.image_size}px images, not --image-size {image_size}")
+        fake = args.fake, lambda: _seeded_faces(generator, args.num_samples, args.batch_size), args.num_samples
+    else:
+        fake = _source(args.fake, None, image_size, args, what="evaluate")
+    if Path(args.real).is_file() or _is_export(Path(args.real)):
+        raise FacesError(f"REAL {args.real} must be a folder of real images (or a CelebA-layout folder)")
+    real = _source(args.real, None, image_size, args, what="evaluate")
+    settings = {"kid_subsets": args.kid_subsets, "kid_subset_size": args.kid_subset_size, "neighbourhood": args.k}
+    result = evaluation.evaluate(fake, real, metrics, inception, vgg16, device, **settings)
+    protocol = {
+        "fake": f"{args.fake} ({fake[2]} images{', seeds 0..' + str(fake[2] - 1) if generator is not None else ''})",
+        "real": f"{args.real} ({real[2]} images{', split ' + args.split if _is_celeba(Path(args.real)) else ''})",
+        "image size": image_size,
+        "crop": args.crop or "0.79 for CelebA folders, 1.0 for image folders",
+        "resize": f"{args.resize} (to 299 for Inception, 224 for VGG16)",
+    }
+    print(f"protocol: {describe_protocol(protocol)}")
+    print(evaluation.table(result))
+    payload = {"protocol": protocol, "metrics": result}
+    if args.json:
+        print(f"wrote {evaluation.write_json(args.json, payload)}")
+    return payload
+
+
+def _is_export(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def _is_celeba(path: Path) -> bool:
+    return (path / "celeba" / "list_attr_celeba.txt").exists()
+
+
+def _exported_or_checkpoint(source: str, which: str, device: torch.device) -> FaceGenerator | None:
+    """The generator ``source`` holds (a checkpoint file, or an export folder); None for an image folder."""
+    from lightning_faces.generator import from_checkpoint, load_generator
+
+    path = Path(source)
+    if path.is_file():
+        return from_checkpoint(path, ema=which == "ema").to(device)
+    return load_generator(path, device) if _is_export(path) else None
+
+
+def _seeded_faces(generator: FaceGenerator, count: int, batch_size: int) -> Iterator[torch.Tensor]:
+    """The faces ``generate`` renders for seeds 0 .. count-1, as uint8 batches."""
+    for start in range(0, count, batch_size):
+        yield generator.render_seeds(range(start, min(start + batch_size, count)))
+
+
 def _checkpoint_gan(source: str, device: torch.device) -> GAN | None:
     """The GAN of ``source`` when it is a file (refused in one line unless a GAN checkpoint), else None."""
     if not Path(source).is_file():
@@ -149,7 +236,7 @@ def _checkpoint_gan(source: str, device: torch.device) -> GAN | None:
 
 
 def _source(
-    source: str, model: GAN | None, image_size: int, args: argparse.Namespace
+    source: str, model: GAN | None, image_size: int, args: argparse.Namespace, what: str = "FID"
 ) -> tuple[str, Callable[[], Iterator[torch.Tensor]], int]:
     """``(source, batches, count)``: a function yielding uint8 (B, 3, S, S) batches of a
     checkpoint's samples or a folder's images, and how many it yields, checked before use."""
@@ -159,7 +246,7 @@ def _source(
         return source, lambda: _samples(model, args), args.num_samples
     path = Path(source)
     if not path.exists():
-        raise FacesError(f"{source} does not exist: FID takes a checkpoint file or a folder of images")
+        raise FacesError(f"{source} does not exist: {what} takes a checkpoint file or a folder of images")
     dataset: Dataset
     if (path / "celeba" / "list_attr_celeba.txt").exists():
         dataset = CelebA(path, args.split, image_size, 0.79 if args.crop is None else args.crop)
@@ -169,7 +256,7 @@ def _source(
         dataset = torch.utils.data.Subset(dataset, real_sample(len(dataset), args.max_images))
     if len(dataset) < 2:
         raise FacesError(
-            f"{source} holds {len(dataset)} image{'s' * (len(dataset) != 1)}: FID needs at least 2 from each "
+            f"{source} holds {len(dataset)} image{'s' * (len(dataset) != 1)}: {what} needs at least 2 from each "
             "source (thousands for a number worth comparing)"
         )
 

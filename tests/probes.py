@@ -93,3 +93,18 @@ class RecordPrecision(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.path.write_text(str(trainer.precision))
+
+
+class TextureFeatures(torch.nn.Module):
+    """A feature network for metric tests, no weights: colour at 8x8 and fine detail (each pixel
+    less its 3x3 neighbourhood's mean, weighted 20x) pooled to 8x8, 384-d in all. Blurring removes
+    the detail, a colour change moves the colour: what a test needs Inception to notice, in
+    milliseconds."""
+
+    name = "texture features (tests)"
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.interpolate(images.float() / 255, size=32, mode="bilinear", align_corners=False)
+        detail = (x - torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)).abs()
+        pool = torch.nn.functional.adaptive_avg_pool2d
+        return torch.cat([pool(x, 8).flatten(1), 20 * pool(detail, 8).flatten(1)], dim=1)
