@@ -16,6 +16,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,17 +183,34 @@ def describe_protocol(protocol: dict[str, Any]) -> str:
     return ", ".join(f"{key} {value}" for key, value in protocol.items())
 
 
-def update_from_loader(fid: nn.Module, loader: DataLoader, real: bool, device: torch.device, show: bool) -> None:
-    """Feeds (uint8 image, ...) batches of a loader into the metric, with a progress bar."""
+def update_from_loader(
+    update: Callable[..., Any], loader: DataLoader, real: bool, device: torch.device, show: bool
+) -> list[Any]:
+    """Feeds (uint8 image, ...) batches of a loader to ``update`` (a metric's), with a progress
+    bar; returns what it returned for each batch."""
+    out = []
     with tqdm(total=len(loader.dataset), desc="FID: real statistics", unit="img", disable=not show, leave=False) as bar:
         for batch in loader:
             images = batch[0] if isinstance(batch, (list, tuple)) else batch
-            fid.update(images.to(device), real=real)
+            out.append(update(images.to(device), real=real))
             bar.update(images.shape[0])
+    return out
+
+
+def gather_rows(trainer: L.Trainer, rows: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows (N_r, D) stacked (rank 0's first); the ranks' counts may differ by one."""
+    if trainer.world_size == 1:
+        return rows
+    counts = trainer.strategy.all_gather(torch.tensor(len(rows), device=rows.device))
+    padded = torch.zeros(int(counts.max()), rows.shape[1], dtype=rows.dtype, device=rows.device)
+    padded[: len(rows)] = rows
+    gathered = trainer.strategy.all_gather(padded)  # (W, max, D)
+    return torch.cat([gathered[rank, : int(count)] for rank, count in enumerate(counts)])
 
 
 class FID(Periodic):
-    """Computes FID every few epochs or steps and logs it as ``val/fid``.
+    """Computes FID every few epochs or steps and logs it as ``val/fid`` (and, with ``metrics``,
+    KID, precision, recall and the Inception Score as ``val/kid``, ``val/precision``, ...).
 
     Generated images come from G (or its EMA) in eval mode, from ``num_samples`` fixed latents,
     so each evaluation scores the same latents; under DDP each rank scores its share of them and
@@ -212,6 +230,12 @@ class FID(Periodic):
             default location, where ``python -m lightning_faces download-weights`` puts it).
         cache_dir: where real statistics are kept (``None``: ``~/.cache/lightning_faces/fid``).
         feature_extractor: another feature network instead of Inception (for tests).
+        metrics: what to measure, ``fid`` always among them (the best checkpoint follows it):
+            ``kid``, ``precision``, ``recall`` (on Inception's features; ``evaluate`` can use
+            VGG16's as papers do) and ``is`` (needs the official Inception file). Beyond FID the
+            real images' features are kept (cached as the statistics are) and each rank's
+            generated features are gathered, so all ranks compute the same numbers.
+        kid_subsets, kid_subset_size: KID's subsets (the size capped at the sample counts).
     """
 
     metric = "val/fid"
@@ -227,13 +251,23 @@ class FID(Periodic):
         feature_extractor_weights_path: str | None = None,
         cache_dir: str | None = None,
         feature_extractor: nn.Module | None = None,
+        metrics: list[str] | None = None,
+        kid_subsets: int = 100,
+        kid_subset_size: int = 1000,
     ) -> None:
+        from lightning_faces.evaluate import check_metrics
+
         if num_samples < 2:
             raise FacesError(f"FID needs at least 2 samples, got num_samples {num_samples}")
         if batch_size < 1:
             raise FacesError(f"fid.batch_size must be at least 1, got {batch_size}")
         if resize not in RESIZES:
             raise FacesError(f"fid.resize must be one of {', '.join(RESIZES)}, got {resize!r}")
+        self.metrics = check_metrics(metrics or ["fid"], option="fid.metrics")
+        if "fid" not in self.metrics:
+            raise FacesError(f"fid.metrics {list(self.metrics)} must include fid: the best checkpoint follows val/fid")
+        self.extras = tuple(name for name in self.metrics if name != "fid")  # measured on kept features
+        self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
         super().__init__(every_n_epochs, every_n_steps)
         self.resize = resize
         self.num_samples, self.real_split, self.batch_size = num_samples, real_split, batch_size
@@ -241,6 +275,8 @@ class FID(Periodic):
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.feature_extractor = feature_extractor
         self.fid: nn.Module | None = None
+        self.features: nn.Module | None = None  # with extras: the network, run here rather than in self.fid
+        self.real_features: torch.Tensor | None = None  # with extras: every real image's, on the CPU
         self.weights_checked = False
         self.real_ready = False  # real statistics loaded or computed into self.fid
         self.last_cache_hit: bool | None = None
@@ -276,6 +312,34 @@ class FID(Periodic):
         if stage == "fit" and self.active and self.fid is None:
             self.check()
             self.fid = make_fid(self.weights_path, self.feature_extractor, self.resize)
+            if self.extras:  # features extracted here, once, for FID and the other metrics alike
+                from torchmetrics.image.fid import FrechetInceptionDistance
+
+                from lightning_faces.evaluate import PrecomputedFeatures
+
+                self.features = self.fid.inception
+                dims = int(self.fid.real_features_sum.shape[0])
+                self.fid = FrechetInceptionDistance(feature=PrecomputedFeatures(dims), reset_real_features=False)
+                if "is" in self.extras:
+                    self._classifier()  # a features-only Inception stops the run now
+
+    def _classifier(self) -> torch.Tensor:
+        from lightning_faces.evaluate import classifier_weights
+
+        if self.feature_extractor is not None:
+            raise FacesError("fid.metrics is needs Inception's classifier: not with fid.feature_extractor")
+        assert self.features is not None
+        return classifier_weights(getattr(self.features, "inception", self.features))
+
+    def _update(self, images: torch.Tensor, real: bool) -> torch.Tensor | None:
+        """Adds uint8 images to FID's sums; with extras, returns their features (B, D) too."""
+        assert self.fid is not None
+        if self.features is None:
+            self.fid.update(images, real=real)
+            return None
+        features = self.features(images)
+        self.fid.update(features, real=real)  # as the network gives them: FID as without extras, to the bit
+        return features.double()
 
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, module: L.LightningModule) -> torch.Tensor | None:
@@ -294,17 +358,21 @@ class FID(Periodic):
         # scores samples r, r+W, r+2W, ...: all ranks together score each sample once
         latents, attributes = self._samples(module)
         mine = slice(trainer.global_rank, None, trainer.world_size)
+        fakes = []
         for start in range(0, len(latents[mine]), self.batch_size):
             batch = slice(start, start + self.batch_size)
             labels = None if attributes is None else attributes[mine][batch]
             images = module.generate(latents[mine][batch], labels)  # (B, 3, S, S) in [-1, 1]
-            self.fid.update(to_uint8(images), real=False)
+            fakes.append(self._update(to_uint8(images), real=False))
         value = self.fid.compute()  # sums the states over ranks: every rank gets the same value
-        seconds = time.perf_counter() - started
+        logged = {"val/fid": float(value)}
+        if self.extras:
+            logged.update(self._extras(trainer, torch.cat(fakes)))  # type: ignore[arg-type]
+        logged["val/fid_seconds"] = time.perf_counter() - started
         # to the loggers once, at this iteration; self.log from a batch-end hook would be
         # re-sent at the next logging interval as if measured then
         for logger in trainer.loggers:
-            logger.log_metrics({"val/fid": float(value), "val/fid_seconds": seconds}, step=trainer.global_step)
+            logger.log_metrics(logged, step=trainer.global_step)
         module.log("val/fid", value, prog_bar=True, logger=False)  # for ModelCheckpoint and the bar
         note, generator = "", module.generator
         if getattr(module, "growth", None) is not None and (
@@ -312,10 +380,25 @@ class FID(Periodic):
         ):  # progressive growing, not at the final resolution yet
             side, size = generator.resolution, module.image_size
             note = f"; {side}x{side} samples enlarged to {size}x{size}: not a final FID"
+        others = "".join(
+            f", {name.split('/')[1]} {number:.4g}" for name, number in logged.items() if name[4:] in self.extras
+        )
         rank_zero_info(
-            f"FID {float(value):.3f} at iteration {trainer.global_step} ({describe_protocol(self.protocol)}{note})"
+            f"FID {float(value):.3f}{others} at iteration {trainer.global_step} "
+            f"({describe_protocol(self.protocol)}{note})"
         )
         return value
+
+    def _extras(self, trainer: L.Trainer, mine: torch.Tensor) -> dict[str, float]:
+        """KID, precision, recall, IS of every rank's generated features against the real ones."""
+        from lightning_faces.evaluate import score_features
+
+        fake = gather_rows(trainer, mine).cpu()
+        assert self.real_features is not None
+        logits = fake.float() @ self._classifier().float().cpu().T if "is" in self.extras else None
+        subsets = {"kid_subsets": self.kid_subsets, "kid_subset_size": self.kid_subset_size}
+        values = score_features(self.real_features, fake, self.extras, fake_logits=logits, **subsets)
+        return {f"val/{name}": number for name, number in values.items() if name in self.extras}
 
     def _samples(self, module: L.LightningModule) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The ``num_samples`` latents every evaluation scores, drawn once (on the CPU), and for a
@@ -339,6 +422,8 @@ class FID(Periodic):
             "sample": "random, seed 0",  # real_sample(); caches of the first N images are not reused
             "features": self._feature_identity(),
         }
+        if self.extras:
+            key["kept"] = "features"  # caches with the real features themselves, beside the sums
         self.protocol = {
             "generated": self.num_samples,
             "real": f"{count} of {len(dataset)} (split {self.real_split}, a seeded random sample)",
@@ -347,6 +432,14 @@ class FID(Periodic):
             "features": key["features"]["network"],
             "resize": self.resize if self.feature_extractor is None else "none (custom feature network)",
         }
+        if self.extras:
+            self.protocol["metrics"] = " ".join(self.metrics)
+            if {"kid"} & set(self.extras):
+                self.protocol["KID subsets"] = (
+                    f"{self.kid_subsets} of {min(self.kid_subset_size, count, self.num_samples)}"
+                )
+            if {"precision", "recall"} & set(self.extras):
+                self.protocol["precision/recall"] = "k 3, on the features above"
 
         key_text = json.dumps(key, sort_keys=True, default=str)
         path = self.cache_dir / f"real-{hashlib.sha256(key_text.encode()).hexdigest()[:16]}.pt"
@@ -356,13 +449,22 @@ class FID(Periodic):
         if not self.last_cache_hit:
             indices = real_sample(len(dataset), count)[trainer.global_rank :: trainer.world_size]
             loader = DataLoader(Subset(dataset, indices), batch_size=self.batch_size, num_workers=0)
-            update_from_loader(self.fid, loader, real=True, device=module.device, show=trainer.is_global_zero)
+            mine = update_from_loader(
+                self._update, loader, real=True, device=module.device, show=trainer.is_global_zero
+            )
             states = {
                 name: trainer.strategy.reduce(getattr(self.fid, name).clone(), reduce_op="sum") for name in REAL_STATES
             }
+            if self.extras:
+                states["features"] = gather_rows(trainer, torch.cat(mine))
             if trainer.is_global_zero:
                 with atomic_path(path) as tmp:
                     torch.save({"key": key_text, **{name: value.cpu() for name, value in states.items()}}, tmp)
+        elif self.extras and not trainer.is_global_zero:
+            states = {"features": None}  # type: ignore[dict-item]
+        if self.extras:  # every rank scores the same way: the real features from rank 0
+            features = states["features"] if trainer.is_global_zero else None  # type: ignore[index]
+            self.real_features = trainer.strategy.broadcast(features, src=0).cpu()
         for name in REAL_STATES:
             # rank 0 holds the totals, the others zeros: the sum over ranks is the total once
             current = getattr(self.fid, name)
@@ -398,4 +500,4 @@ class FID(Periodic):
             return None  # unreadable (e.g. truncated by a crash): compute afresh and overwrite
         if saved.get("key") != key_text:
             return None
-        return {name: saved[name] for name in REAL_STATES}
+        return {name: saved[name] for name in (*REAL_STATES, "features") if name in saved}

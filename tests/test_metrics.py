@@ -290,3 +290,50 @@ def test_an_epoch_ending_on_a_step_interval_is_scored_once(tmp_path):
     train(tmp_path, make_model(), steps=4, callbacks=[callback])
     assert callback.calls == [2, 4]
     assert [step for step, _ in callback.history] == [2, 4]
+
+
+def test_kid_precision_and_recall_are_logged_beside_fid_from_one_feature_pass(tmp_path):
+    import csv
+
+    import lightning as L
+
+    from lightning_faces.checkpoint import SafeCheckpointIO
+    from lightning_faces.loggers import CSVLogger
+    from tests.test_module import make_model
+
+    class Counted(TinyFeatures):
+        passes = 0
+
+        def forward(self, images):
+            Counted.passes += 1
+            return super().forward(images)
+
+    logged = {}
+    for name, extra in (("fid", {}), ("more", {"metrics": ["fid", "kid", "precision", "recall"]})):
+        Counted.passes = 0
+        callback = FID(every_n_epochs=0, every_n_steps=4, num_samples=16, batch_size=8, kid_subset_size=16,
+                       cache_dir=str(tmp_path / name), feature_extractor=Counted(), **extra)  # fmt: skip
+        L.seed_everything(0, verbose=False)
+        quiet = {"enable_progress_bar": False, "enable_checkpointing": False, "plugins": [SafeCheckpointIO()]}
+        logger = CSVLogger(tmp_path, name=name)
+        trainer = L.Trainer(accelerator="cpu", max_steps=4, logger=logger, callbacks=[callback], **quiet)
+        trainer.fit(
+            make_model(), SyntheticFacesDataModule(num_images=32, num_val_images=0, image_size=16, batch_size=8)
+        )
+        rows = list(csv.DictReader((tmp_path / name / "version_0" / "metrics.csv").open()))
+        logged[name] = next(row for row in rows if row.get("val/fid"))
+        assert Counted.passes == 4  # 16 real and 16 generated images at 8 a pass: once each
+    assert logged["fid"]["val/fid"] == logged["more"]["val/fid"]  # the same FID either way
+    assert "val/kid" not in logged["fid"] and float(logged["more"]["val/kid"]) == float(logged["more"]["val/kid"])
+    assert all(0 <= float(logged["more"][f"val/{name}"]) <= 1 for name in ("precision", "recall"))
+    assert callback.protocol["metrics"] == "fid kid precision recall"
+
+
+def test_training_metrics_are_checked_at_once():
+    with pytest.raises(FacesError, match="fid.metrics: fdi; choose from"):
+        FID(metrics=["fid", "fdi"])
+    with pytest.raises(FacesError, match="must include fid: the best checkpoint follows val/fid"):
+        FID(metrics=["kid"])
+    callback = FID(metrics=["fid", "is"], feature_extractor=TinyFeatures())
+    with pytest.raises(FacesError, match="is needs Inception's classifier: not with fid.feature_extractor"):
+        callback.setup(None, None, "fit")
