@@ -48,13 +48,13 @@ def _truncation(text: str) -> float:
 truncation = named(_truncation, "psi")  # an argument type: psi in [0, 1]
 
 
-def check_output(path: Path, option: str, kind: str) -> Path:
+def check_output(path: Path, option: str, kind: str, example: str = "walk.gif") -> Path:
     """Refuses, in one line and before any work, an output path that cannot become a ``kind``
     ("folder" or "file"): one that exists as the other kind, or one under a file."""
     if kind == "folder" and path.exists() and not path.is_dir():
         raise FacesError(f"{option} {path} is a file, but a folder is written there: choose a folder (new or existing)")
     if kind == "file" and path.is_dir():
-        raise FacesError(f"{option} {path} is a folder: give the file to write, e.g. {path / 'walk.gif'}")
+        raise FacesError(f"{option} {path} is a folder: give the file to write, e.g. {path / example}")
     above = next((parent for parent in path.absolute().parents if parent.exists()), None)
     if above is not None and not above.is_dir():
         raise FacesError(f"{option} {path} is under {above}, which is a file, not a folder: choose another path")
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> None:
         if args.format == "onnx":
             from lightning_faces.onnx import export_onnx
 
-            check_output(Path(args.out), "export OUT:", "file")
+            check_output(Path(args.out), "export OUT:", "file", example="faces.onnx")
             generator = from_checkpoint(args.checkpoint)
             print(f"exported to {export_onnx(generator, args.out)}: {generator.describe()}")
             return
