@@ -40,9 +40,8 @@ from tqdm import tqdm
 
 from benchmarks.common import REPO, repo_env, table, write_json
 from lightning_faces.data import ImageFolder, to_uint8
-from lightning_faces.evaluate import score_features
 from lightning_faces.files import atomic_path
-from lightning_faces.metrics import RESIZES, check_inception_weights, make_fid, real_sample
+from lightning_faces.metrics import RESIZES, check_inception_weights, make_fid, real_sample, score_features
 from lightning_faces.module import GAN
 
 CONFIGS = REPO / "configs"

@@ -22,19 +22,15 @@ schedules, ``compile``, 16-mixed (its gradient scaler) and DDP.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+import lightning as L
 import torch
 
 from lightning_faces.errors import FacesError
 
-if TYPE_CHECKING:
-    from lightning_faces.module import GAN
-
 WARMUP = 3  # eager iterations before capture: the allocator and the optimizers' state settle
 
 
-def check(gan: GAN) -> None:
+def check(gan: L.LightningModule) -> None:
     """Refuses, in one line, settings the captured iteration does not run (at the start of fit)."""
     hp, trainer = gan.hparams, gan.trainer
     refused = {
@@ -70,7 +66,7 @@ class CapturedIteration:
     call overwrites on a GPU: read them before then).
     """
 
-    def __init__(self, gan: GAN, warmup: int = WARMUP) -> None:
+    def __init__(self, gan: L.LightningModule, warmup: int = WARMUP) -> None:
         self.gan, self.warmup = gan, warmup
         self.inputs: dict[str, torch.Tensor] = {}  # the buffers every iteration copies into
         self.outputs: dict[str, torch.Tensor] = {}
@@ -91,7 +87,9 @@ class CapturedIteration:
             return outputs
         if self.graph is None:
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):  # records the kernels; they run at the replay below
+            # records the kernels (they run at the replay below); thread_local: a loader's
+            # pin-memory thread may use CUDA meanwhile
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                 self.outputs = self.step(**self.inputs)
         self.graph.replay()
         return self.outputs
@@ -139,19 +137,26 @@ class CapturedIteration:
         readings = objective.readings(real_scores.logits.detach(), fake_scores.logits.detach())
         _step(d_optimizer, d_params, _gradients(d_loss, d_params))
 
-        # 2. G's update through the D just updated, on the same fakes
-        fake_logits = discriminator(fake, fake_labels).logits
-        real_logits = real_scores.logits.detach()
-        if getattr(objective, "relativistic", False):
-            with torch.no_grad():
-                real_logits = discriminator(real, real_labels).logits
-        g_loss = gan.hparams.adversarial_weight * objective.generator_loss(real_logits, fake_logits)
-        _step(g_optimizer, g_params, _gradients(g_loss, g_params))
+        # 2. G's update through the D just updated, on the same fakes; D frozen as the eager step's
+        # toggled optimizer does (so bf16 autocast casts D's new weights, not cached old ones)
+        discriminator.requires_grad_(False)
+        try:
+            fake_logits = discriminator(fake, fake_labels).logits
+            real_logits = real_scores.logits.detach()
+            if getattr(objective, "relativistic", False):
+                with torch.no_grad():
+                    real_logits = discriminator(real, real_labels).logits
+            g_loss = gan.hparams.adversarial_weight * objective.generator_loss(real_logits, fake_logits)
+            _step(g_optimizer, g_params, _gradients(g_loss, g_params))
+        finally:
+            for param in d_params:
+                param.requires_grad_(True)
 
-        # 3. G's average
+        # 3. G's average, weighted by a tensor (a number would be fixed at capture)
         if gan.ema is not None:
             with torch.no_grad():
-                torch._foreach_lerp_(list(gan.ema.network.parameters()), list(generator.parameters()), ema_weight)
+                for average, weight in zip(gan.ema.network.parameters(), generator.parameters(), strict=True):
+                    average.lerp_(weight, ema_weight)
         logs = {f"train/{name}": value for name, value in readings.items()}
         return {**logs, "train/d_loss": d_loss.detach(), "train/g_loss": g_loss.detach()}
 

@@ -185,6 +185,7 @@ class FacesCLI(LightningCLI):
             precision, why = choose_precision(self.setting("trainer.accelerator"))
             if precision is not None:
                 kwargs["precision"] = precision
+                self.config[self.subcommand].trainer.precision = precision  # the run folder's config.yaml says so
                 say(f"trainer.precision {precision}: {why} (set trainer.precision to choose)")
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks += [RunStarted(), KeepWandbRun()]

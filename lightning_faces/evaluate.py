@@ -11,15 +11,14 @@
   logits (torch-fidelity's arithmetic). It needs the official weights file, whose classifier
   layer the features-only copies lack.
 
-Each source's features are extracted once (one pass per network); ``score_features`` turns
-features into every metric, and training's ``fid:`` section uses it too.
+Each source's features are extracted once (one pass per network); ``metrics.score_features``
+turns features into every metric, as it does for training's ``fid.metrics``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,101 +29,14 @@ from tqdm import tqdm
 
 from lightning_faces.errors import FacesError
 from lightning_faces.files import atomic_path
+from lightning_faces.metrics import METRICS, check_metrics, classifier_weights, make_fid, score_features
+from lightning_faces.parsing import at_least
 
-METRICS = ("fid", "kid", "precision", "recall", "is")
 DEFAULT_METRICS = ("fid", "kid", "precision", "recall")
 INCEPTION = "inception-v3-2015-12-05 pool3 (2048-d)"
 VGG16 = "vgg16 fc2 after ReLU (4096-d, torchvision's ImageNet weights)"
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's weights, where torch's hub cache keeps them
 VGG16_URL = f"https://download.pytorch.org/models/{VGG16_FILE}"
-
-
-class PrecomputedFeatures(nn.Module):
-    """Hands features already extracted to torchmetrics' FID and KID as if it extracted them."""
-
-    def __init__(self, num_features: int) -> None:
-        super().__init__()
-        self.num_features = num_features  # read by torchmetrics' FID instead of a trial pass
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features
-
-
-def check_metrics(metrics: Iterable[str], option: str = "--metrics") -> tuple[str, ...]:
-    """The metrics asked for, in ``METRICS`` order; an unknown one is refused in one line."""
-    asked = list(metrics)
-    unknown = [name for name in asked if name not in METRICS]
-    if unknown or not asked:
-        raise FacesError(f"{option}: {', '.join(unknown) or 'none given'}; choose from {', '.join(METRICS)}")
-    return tuple(name for name in METRICS if name in asked)
-
-
-def score_features(
-    real: torch.Tensor,
-    fake: torch.Tensor,
-    metrics: Iterable[str],
-    *,
-    real_pr: torch.Tensor | None = None,
-    fake_pr: torch.Tensor | None = None,
-    fake_logits: torch.Tensor | None = None,
-    kid_subsets: int = 100,
-    kid_subset_size: int = 1000,
-    neighbourhood: int = 3,
-    is_splits: int = 10,
-) -> dict[str, float]:
-    """The metrics of generated images against real ones, from their features.
-
-    ``real``, ``fake``: (N, D) features for FID and KID; ``real_pr``, ``fake_pr``: the features
-    precision and recall use (default: the same); ``fake_logits``: (N, classes) for the
-    Inception Score. Returns ``fid``, ``kid`` and ``kid_std``, ``precision``, ``recall``, ``is``
-    and ``is_std``, as asked.
-    """
-    metrics = check_metrics(metrics)
-    out: dict[str, float] = {}
-    if "fid" in metrics:
-        from torchmetrics.image.fid import FrechetInceptionDistance
-
-        fid = FrechetInceptionDistance(feature=PrecomputedFeatures(real.shape[1]))
-        fid.update(real.double(), real=True)
-        fid.update(fake.double(), real=False)
-        out["fid"] = float(fid.compute())
-    if "kid" in metrics:
-        from torchmetrics.image.kid import KernelInceptionDistance
-
-        subset = min(kid_subset_size, len(real), len(fake))
-        with warnings.catch_warnings():  # it keeps every feature, and says so: a few thousand vectors
-            warnings.filterwarnings("ignore", message="Metric `Kernel Inception Distance` will save all")
-            kid = KernelInceptionDistance(
-                feature=PrecomputedFeatures(real.shape[1]), subsets=kid_subsets, subset_size=subset
-            )
-        kid.update(real.double(), real=True)
-        kid.update(fake.double(), real=False)
-        with torch.random.fork_rng():  # its subsets: the same draw every time, the caller's RNG untouched
-            torch.manual_seed(0)
-            mean, std = kid.compute()
-        out["kid"], out["kid_std"] = float(mean), float(std)
-    if "precision" in metrics or "recall" in metrics:
-        from torch_fidelity.metric_prc import calculate_precision_recall_full
-
-        real_pr = real if real_pr is None else real_pr
-        fake_pr = fake if fake_pr is None else fake_pr
-        if min(len(real_pr), len(fake_pr)) <= neighbourhood:
-            raise FacesError(
-                f"precision and recall need more than k = {neighbourhood} images from each source, "
-                f"got {len(fake_pr)} generated and {len(real_pr)} real"
-            )
-        # torch-fidelity's convention: the generated features first, the real second
-        precision, recall = calculate_precision_recall_full(fake_pr.float(), real_pr.float(), neighbourhood)
-        out.update({name: value for name, value in (("precision", precision), ("recall", recall)) if name in metrics})
-    if "is" in metrics:
-        from torch_fidelity.metric_isc import isc_features_to_metric
-
-        if fake_logits is None:
-            raise FacesError("the Inception Score needs Inception's logits of the generated images")
-        splits = min(is_splits, len(fake_logits))
-        scores = isc_features_to_metric(fake_logits, splits=splits)
-        out["is"], out["is_std"] = scores["inception_score_mean"], scores["inception_score_std"]
-    return out
 
 
 class InceptionFeatures(nn.Module):
@@ -133,8 +45,6 @@ class InceptionFeatures(nn.Module):
 
     def __init__(self, weights_path: str | None, resize: str = "tensorflow") -> None:
         super().__init__()
-        from lightning_faces.metrics import make_fid
-
         self.network = make_fid(weights_path, resize=resize).inception
         self.name = INCEPTION
 
@@ -144,19 +54,6 @@ class InceptionFeatures(nn.Module):
     def classifier(self) -> torch.Tensor:
         """The 1008-way classifier's weights (1008, 2048); refuses a features-only copy (zeros)."""
         return classifier_weights(getattr(self.network, "inception", self.network))
-
-
-def classifier_weights(inception: nn.Module) -> torch.Tensor:
-    """Inception's classifier weights (``fc.weight``), refused in one line when they are all zeros
-    (a features-only copy of the weights, such as the ones converted from NVIDIA's FID code)."""
-    weight = inception.fc.weight.detach()
-    if not bool(weight.abs().sum() > 0):
-        raise FacesError(
-            "the Inception Score needs Inception's classifier layer, and these weights have none (fc.* are "
-            "zeros: a features-only copy): use the official file (`python -m lightning_faces download-weights` "
-            "on a machine with internet), or leave is out of --metrics"
-        )
-    return weight
 
 
 class VGG16Features(nn.Module):
@@ -282,9 +179,8 @@ def evaluate(
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Writes ``payload`` as indented JSON, atomically."""
+    """Writes ``payload`` as indented JSON, atomically (its folder made if missing)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(payload, indent=1) + "\n")
     return path
@@ -313,7 +209,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"torchvision's {VGG16_FILE} for precision/recall as papers compute them (default: that file in "
         "torch's hub cache if present, else Inception's features)",
     )
-    parser.add_argument("--k", type=int, default=3, help="precision/recall's neighbourhood size")
-    parser.add_argument("--kid-subsets", type=int, default=100)
-    parser.add_argument("--kid-subset-size", type=int, default=1000)
+    parser.add_argument("--k", type=at_least(1), default=3, help="precision/recall's neighbourhood size")
+    parser.add_argument("--kid-subsets", type=at_least(1), default=100)
+    parser.add_argument("--kid-subset-size", type=at_least(2), default=1000)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")

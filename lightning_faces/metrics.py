@@ -16,7 +16,8 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +198,14 @@ def update_from_loader(
     return out
 
 
+def _rows(batches: list[torch.Tensor | None], fid: nn.Module, device: torch.device) -> torch.Tensor:
+    """Feature batches stacked (N, D); (0, D) for a rank that had no images (fewer than ranks)."""
+    present = [batch for batch in batches if batch is not None]
+    if present:
+        return torch.cat(present)
+    return torch.zeros(0, int(fid.real_features_sum.shape[0]), dtype=torch.float64, device=device)
+
+
 def gather_rows(trainer: L.Trainer, rows: torch.Tensor) -> torch.Tensor:
     """Every rank's rows (N_r, D) stacked (rank 0's first); the ranks' counts may differ by one."""
     if trainer.world_size == 1:
@@ -206,6 +215,114 @@ def gather_rows(trainer: L.Trainer, rows: torch.Tensor) -> torch.Tensor:
     padded[: len(rows)] = rows
     gathered = trainer.strategy.all_gather(padded)  # (W, max, D)
     return torch.cat([gathered[rank, : int(count)] for rank, count in enumerate(counts)])
+
+
+METRICS = ("fid", "kid", "precision", "recall", "is")  # what evaluate and fid.metrics measure
+PR_BATCH = 10_000  # images per distance block in precision/recall
+
+
+class PrecomputedFeatures(nn.Module):
+    """Hands features already extracted to torchmetrics' FID and KID as if it extracted them."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features  # read by torchmetrics' FID instead of a trial pass
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def check_metrics(metrics: Iterable[str], option: str = "--metrics") -> tuple[str, ...]:
+    """The metrics asked for, in ``METRICS`` order; an unknown one is refused in one line."""
+    asked = list(metrics)
+    unknown = [name for name in asked if name not in METRICS]
+    if unknown or not asked:
+        raise FacesError(f"{option}: {', '.join(unknown) or 'none given'}; choose from {', '.join(METRICS)}")
+    return tuple(name for name in METRICS if name in asked)
+
+
+def score_features(
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    metrics: Iterable[str],
+    *,
+    real_pr: torch.Tensor | None = None,
+    fake_pr: torch.Tensor | None = None,
+    fake_logits: torch.Tensor | None = None,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    neighbourhood: int = 3,
+    is_splits: int = 10,
+) -> dict[str, float]:
+    """The metrics of generated images against real ones, from their features.
+
+    ``real``, ``fake``: (N, D) features for FID and KID; ``real_pr``, ``fake_pr``: the features
+    precision and recall use (default: the same); ``fake_logits``: (N, classes) for the
+    Inception Score. Returns ``fid``, ``kid`` and ``kid_std``, ``precision``, ``recall``, ``is``
+    and ``is_std``, as asked.
+    """
+    metrics = check_metrics(metrics)
+    out: dict[str, float] = {}
+    if "fid" in metrics:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        fid = FrechetInceptionDistance(feature=PrecomputedFeatures(real.shape[1])).to(real.device)
+        fid.update(real.double(), real=True)
+        fid.update(fake.double(), real=False)
+        out["fid"] = float(fid.compute())
+    if "kid" in metrics:
+        from torchmetrics.image.kid import KernelInceptionDistance
+
+        subset = min(kid_subset_size, len(real), len(fake))
+        with warnings.catch_warnings():  # it keeps every feature, and says so: a few thousand vectors
+            warnings.filterwarnings("ignore", message="Metric `Kernel Inception Distance` will save all")
+            kid = KernelInceptionDistance(
+                feature=PrecomputedFeatures(real.shape[1]), subsets=kid_subsets, subset_size=subset
+            ).to(real.device)
+        kid.update(real.double(), real=True)
+        kid.update(fake.double(), real=False)
+        with torch.random.fork_rng():  # its subsets: the same draw every time, the caller's RNG untouched
+            torch.manual_seed(0)
+            mean, std = kid.compute()
+        out["kid"], out["kid_std"] = float(mean), float(std)
+    if "precision" in metrics or "recall" in metrics:
+        from torch_fidelity.metric_prc import calculate_precision_recall_full, calculate_precision_recall_part
+
+        real_pr = real if real_pr is None else real_pr
+        fake_pr = fake if fake_pr is None else fake_pr
+        if min(len(real_pr), len(fake_pr)) <= neighbourhood:
+            raise FacesError(
+                f"precision and recall need more than k = {neighbourhood} images from each source, "
+                f"got {len(fake_pr)} generated and {len(real_pr)} real: score more images, or lower k"
+            )
+        # torch-fidelity's convention: the generated features first, the real second; beyond
+        # PR_BATCH images its batched version (the full one holds three N x N distance matrices)
+        large = max(len(fake_pr), len(real_pr)) > PR_BATCH
+        compute = calculate_precision_recall_part if large else calculate_precision_recall_full
+        precision, recall = compute(fake_pr.float(), real_pr.float(), neighbourhood, PR_BATCH)
+        out.update({name: value for name, value in (("precision", precision), ("recall", recall)) if name in metrics})
+    if "is" in metrics:
+        from torch_fidelity.metric_isc import isc_features_to_metric
+
+        if fake_logits is None:
+            raise FacesError("the Inception Score needs Inception's logits of the generated images")
+        splits = min(is_splits, len(fake_logits))
+        scores = isc_features_to_metric(fake_logits, splits=splits)
+        out["is"], out["is_std"] = scores["inception_score_mean"], scores["inception_score_std"]
+    return out
+
+
+def classifier_weights(inception: nn.Module) -> torch.Tensor:
+    """Inception's classifier weights (``fc.weight``), refused in one line when they are all zeros
+    (a features-only copy of the weights, such as the ones converted from NVIDIA's FID code)."""
+    weight = inception.fc.weight.detach()
+    if not bool(weight.abs().sum() > 0):
+        raise FacesError(
+            "the Inception Score needs Inception's classifier layer, and these weights have none (fc.* are "
+            "zeros: a features-only copy): use the official file (`python -m lightning_faces download-weights` "
+            "on a machine with internet), or leave is out of --metrics"
+        )
+    return weight
 
 
 class FID(Periodic):
@@ -255,12 +372,14 @@ class FID(Periodic):
         kid_subsets: int = 100,
         kid_subset_size: int = 1000,
     ) -> None:
-        from lightning_faces.evaluate import check_metrics
-
         if num_samples < 2:
             raise FacesError(f"FID needs at least 2 samples, got num_samples {num_samples}")
         if batch_size < 1:
             raise FacesError(f"fid.batch_size must be at least 1, got {batch_size}")
+        if kid_subsets < 1 or kid_subset_size < 2:
+            raise FacesError(
+                f"fid.kid_subsets must be at least 1 and fid.kid_subset_size 2, got {kid_subsets}, {kid_subset_size}"
+            )
         if resize not in RESIZES:
             raise FacesError(f"fid.resize must be one of {', '.join(RESIZES)}, got {resize!r}")
         self.metrics = check_metrics(metrics or ["fid"], option="fid.metrics")
@@ -315,8 +434,6 @@ class FID(Periodic):
             if self.extras:  # features extracted here, once, for FID and the other metrics alike
                 from torchmetrics.image.fid import FrechetInceptionDistance
 
-                from lightning_faces.evaluate import PrecomputedFeatures
-
                 self.features = self.fid.inception
                 dims = int(self.fid.real_features_sum.shape[0])
                 self.fid = FrechetInceptionDistance(feature=PrecomputedFeatures(dims), reset_real_features=False)
@@ -324,8 +441,6 @@ class FID(Periodic):
                     self._classifier()  # a features-only Inception stops the run now
 
     def _classifier(self) -> torch.Tensor:
-        from lightning_faces.evaluate import classifier_weights
-
         if self.feature_extractor is not None:
             raise FacesError("fid.metrics is needs Inception's classifier: not with fid.feature_extractor")
         assert self.features is not None
@@ -345,6 +460,8 @@ class FID(Periodic):
     def evaluate(self, trainer: L.Trainer, module: L.LightningModule) -> torch.Tensor | None:
         assert self.fid is not None, "FID.setup() runs before evaluate()"
         self.fid.to(module.device)
+        if self.features is not None:
+            self.features.to(module.device)
         if not self.real_ready:
             started = time.perf_counter()
             path = self._load_or_compute_real(trainer, module)
@@ -367,7 +484,7 @@ class FID(Periodic):
         value = self.fid.compute()  # sums the states over ranks: every rank gets the same value
         logged = {"val/fid": float(value)}
         if self.extras:
-            logged.update(self._extras(trainer, torch.cat(fakes)))  # type: ignore[arg-type]
+            logged.update(self._extras(trainer, _rows(fakes, self.fid, module.device)))
         logged["val/fid_seconds"] = time.perf_counter() - started
         # to the loggers once, at this iteration; self.log from a batch-end hook would be
         # re-sent at the next logging interval as if measured then
@@ -390,15 +507,18 @@ class FID(Periodic):
         return value
 
     def _extras(self, trainer: L.Trainer, mine: torch.Tensor) -> dict[str, float]:
-        """KID, precision, recall, IS of every rank's generated features against the real ones."""
-        from lightning_faces.evaluate import score_features
-
-        fake = gather_rows(trainer, mine).cpu()
-        assert self.real_features is not None
-        logits = fake.float() @ self._classifier().float().cpu().T if "is" in self.extras else None
-        subsets = {"kid_subsets": self.kid_subsets, "kid_subset_size": self.kid_subset_size}
-        values = score_features(self.real_features, fake, self.extras, fake_logits=logits, **subsets)
-        return {f"val/{name}": number for name, number in values.items() if name in self.extras}
+        """KID, precision, recall, IS of every rank's generated features against the real ones:
+        scored on rank 0 (on the training device), the numbers then sent to every rank."""
+        fake = gather_rows(trainer, mine)
+        values = None
+        if trainer.is_global_zero:
+            assert self.real_features is not None
+            real = self.real_features.to(fake.device)
+            logits = fake.float() @ self._classifier().float().to(fake.device).T if "is" in self.extras else None
+            subsets = {"kid_subsets": self.kid_subsets, "kid_subset_size": self.kid_subset_size}
+            scores = score_features(real, fake, self.extras, fake_logits=logits, **subsets)
+            values = {f"val/{name}": float(number) for name, number in scores.items() if name in self.extras}
+        return trainer.strategy.broadcast(values, src=0)
 
     def _samples(self, module: L.LightningModule) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The ``num_samples`` latents every evaluation scores, drawn once (on the CPU), and for a
@@ -455,16 +575,13 @@ class FID(Periodic):
             states = {
                 name: trainer.strategy.reduce(getattr(self.fid, name).clone(), reduce_op="sum") for name in REAL_STATES
             }
-            if self.extras:
-                states["features"] = gather_rows(trainer, torch.cat(mine))
+            if self.extras:  # every rank's real features, on rank 0 (which scores them)
+                states["features"] = gather_rows(trainer, _rows(mine, self.fid, module.device))
             if trainer.is_global_zero:
                 with atomic_path(path) as tmp:
                     torch.save({"key": key_text, **{name: value.cpu() for name, value in states.items()}}, tmp)
-        elif self.extras and not trainer.is_global_zero:
-            states = {"features": None}  # type: ignore[dict-item]
-        if self.extras:  # every rank scores the same way: the real features from rank 0
-            features = states["features"] if trainer.is_global_zero else None  # type: ignore[index]
-            self.real_features = trainer.strategy.broadcast(features, src=0).cpu()
+        if self.extras and trainer.is_global_zero:
+            self.real_features = states["features"].cpu()  # type: ignore[index]
         for name in REAL_STATES:
             # rank 0 holds the totals, the others zeros: the sum over ranks is the total once
             current = getattr(self.fid, name)

@@ -19,7 +19,6 @@ from torch import nn
 
 from lightning_faces import capture, schedules
 from lightning_faces.augment import DiffAugment
-from lightning_faces.capture import CapturedIteration
 from lightning_faces.checkpoint import built_settings, describe_settings, load_checkpoint
 from lightning_faces.data.images import to_uint8
 from lightning_faces.distributed import (
@@ -172,7 +171,7 @@ class GAN(L.LightningModule):
         self.progress: dict[str, float] = {}  # host numbers for the progress bar (callbacks.ProgressBar)
         self._replicas: dict[str, nn.Module] = {}  # DDP wrappers of G and D (distributed.GANDDPStrategy)
         self._channels_last: bool | None = None  # channels_last, resolved for the device in setup
-        self._captured: CapturedIteration | None = None  # cuda_graph: the iteration, built in setup
+        self._captured: capture.CapturedIteration | None = None  # cuda_graph: the iteration, built in setup
 
     @classmethod
     def from_checkpoint(
@@ -221,11 +220,11 @@ class GAN(L.LightningModule):
             self._channels_last = self.trainer.strategy.root_device.type == "cpu"
         for net in self._networks() if self._channels_last else ():
             net.to(memory_format=torch.channels_last)
+        if self.hparams.cuda_graph and stage == "fit":
+            capture.check(self)  # before compiling: compile and capture do not mix
+            self._captured = capture.CapturedIteration(self)
         for net in self._networks()[:2] if self.hparams.compile and stage == "fit" else ():
             net.compile()  # in place: the module (and its state_dict keys) stay the same; twice is harmless
-        if self.hparams.cuda_graph and stage == "fit":
-            capture.check(self)
-            self._captured = CapturedIteration(self)
 
     def distribute(self, wrap: Any) -> None:
         """Runs training passes through ``wrap(G)`` and ``wrap(D)`` (DDP); ``None`` undoes it.

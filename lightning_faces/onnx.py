@@ -19,6 +19,7 @@ named in one line.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import warnings
 from pathlib import Path
@@ -59,7 +60,7 @@ def export_onnx(generator: FaceGenerator, out: str | Path) -> Path:
         import onnxscript  # noqa: F401
     except ImportError as error:
         raise FacesError(f"ONNX export needs {error.name}: {INSTALL}") from error
-    rendering = Rendering(generator.cpu().float().eval()).eval()
+    rendering = Rendering(copy.deepcopy(generator).cpu().float().eval()).eval()  # the caller's stays put
     example = example_inputs(generator, batch=2)
     program = _export(rendering, example)
     program.model.metadata_props.update(metadata(generator))
@@ -77,7 +78,7 @@ def example_inputs(generator: FaceGenerator, batch: int) -> tuple[torch.Tensor, 
     return latents, torch.rand(batch, len(generator.attributes), generator=torch.Generator().manual_seed(1))
 
 
-def _export(rendering: nn.Module, example: tuple[torch.Tensor, ...]) -> object:
+def _export(rendering: nn.Module, example: tuple[torch.Tensor, ...]) -> torch.onnx.ONNXProgram:
     names = ["latents", "attributes"][: len(example)]
     batch = torch.export.Dim("batch", min=1, max=4096)
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -73,8 +73,9 @@ def command_tree() -> ShortErrorParser:
     return parser
 
 
-def add_source_options(fid: argparse.ArgumentParser) -> None:
+def add_source_options(parser: argparse.ArgumentParser) -> None:
     """How ``fid`` and ``evaluate`` read their sources: sizes, counts, crops, Inception's settings."""
+    fid = parser
     fid.add_argument("--image-size", type=int, default=None, help="side in pixels (default: the checkpoint's, else 64)")
     fid.add_argument("--num-samples", type=at_least(2), default=10_000, help="images sampled from a generator")
     fid.add_argument(
@@ -164,11 +165,14 @@ def compute_fid(args: argparse.Namespace) -> float:
     return float(fid.compute())
 
 
-def run_evaluate(args: argparse.Namespace) -> dict:
+def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """``evaluate FAKE REAL``: the table, and the JSON with --json."""
     from lightning_faces import evaluate as evaluation
+    from lightning_faces.play import check_output
 
     metrics = evaluation.check_metrics(args.metrics)
+    if args.json:
+        check_output(Path(args.json), "--json", "file", example="scores.json")  # before minutes of features
     weights = check_inception_weights(args.weights, option="--weights")
     device = torch.device(args.device)
     inception = evaluation.InceptionFeatures(weights, args.resize)
@@ -180,7 +184,10 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     image_size = args.image_size or (generator.image_size if generator is not None else 64)
     if generator is not None:
         if generator.image_size != image_size:
-            raise FacesError(f"{args.fake} generates {generator.image_size}px images, not --image-size {image_size}")
+            raise FacesError(
+                f"{args.fake} generates {generator.image_size}px images, not --image-size {image_size}: "
+                "leave --image-size out to score at the generator's size"
+            )
         fake = args.fake, lambda: _seeded_faces(generator, args.num_samples, args.batch_size), args.num_samples
     else:
         fake = _source(args.fake, None, image_size, args, what="evaluate")
@@ -248,7 +255,7 @@ def _source(
     if not path.exists():
         raise FacesError(f"{source} does not exist: {what} takes a checkpoint file or a folder of images")
     dataset: Dataset
-    if (path / "celeba" / "list_attr_celeba.txt").exists():
+    if _is_celeba(path):
         dataset = CelebA(path, args.split, image_size, 0.79 if args.crop is None else args.crop)
     else:
         dataset = ImageFolder(path, image_size, 1.0 if args.crop is None else args.crop)

@@ -43,9 +43,12 @@ def data(attributes: list[str] | None = None) -> SyntheticFacesDataModule:
     return SyntheticFacesDataModule(num_images=32, num_val_images=0, image_size=16, batch_size=8, **names)
 
 
-def train(model: GAN, steps: int, device: str = "cpu", attributes: list[str] | None = None) -> L.Trainer:
+def train(
+    model: GAN, steps: int, device: str = "cpu", attributes: list[str] | None = None, precision: str = "32-true"
+) -> L.Trainer:
     trainer = L.Trainer(
         accelerator=device,
+        precision=precision,
         devices=1,
         max_steps=steps,
         logger=False,
@@ -58,10 +61,10 @@ def train(model: GAN, steps: int, device: str = "cpu", attributes: list[str] | N
     return trainer
 
 
-def trained(steps: int = 6, device: str = "cpu", **settings) -> tuple[GAN, L.Trainer]:
+def trained(steps: int = 6, device: str = "cpu", precision: str = "32-true", **settings) -> tuple[GAN, L.Trainer]:
     L.seed_everything(0, verbose=False)
     model = gan(**settings)
-    return model, train(model, steps, device, settings.get("attributes"))
+    return model, train(model, steps, device, settings.get("attributes"), precision)
 
 
 SETTINGS = {
@@ -75,6 +78,8 @@ SETTINGS = {
         "ema_ramp": 0.05,
     },
     "label smoothing": {"objective": objectives.NonSaturating(label_smoothing="one_sided")},
+    # autocast caches casts of weights that need gradients: G's update must see D's new weights
+    "bf16-mixed+ema": {"precision": "bf16-mixed", "ema_decay": 0.9},
 }
 
 
@@ -111,6 +116,7 @@ REFUSED = {
     "model.d_steps_per_g_step above 1": {"d_steps_per_g_step": 2},
     "model.fresh_latents": {"fresh_latents": True},
     "model.gradient_clip_norm": {"gradient_clip_norm": 1.0},
+    "model.compile": {"compile": True},
     "model.lr or model.beta2 as a schedule": {"lr": Cosine(1e-3, 1e-4, 100)},
 }
 

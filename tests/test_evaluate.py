@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 
 from lightning_faces import evaluate as evaluation
+from lightning_faces import metrics
 from lightning_faces.cli import main
 from lightning_faces.data.synthetic import render_faces
 from lightning_faces.errors import FacesError
@@ -47,14 +48,14 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     return made
 
 
-def scores(folders, fake: str, metrics=("fid", "kid", "precision", "recall")) -> dict:
+def scores(folders, fake: str, asked=("fid", "kid", "precision", "recall")) -> dict:
     from lightning_faces.tools import _source
 
     class Options:
         split, crop, max_images, batch_size = "all", None, None, 16
 
     sources = [_source(str(folders[name]), None, 32, Options(), what="evaluate") for name in (fake, "real")]
-    result = evaluation.evaluate(*sources, metrics, TextureFeatures(), kid_subsets=10, kid_subset_size=40)
+    result = evaluation.evaluate(*sources, asked, TextureFeatures(), kid_subsets=10, kid_subset_size=40)
     return {metric: entry["value"] for metric, entry in result.items()}
 
 
@@ -81,8 +82,8 @@ def test_blur_costs_precision(folders):
 def test_the_inception_score_counts_confident_distinct_classes():
     classes = torch.arange(100) % 10
     confident = torch.nn.functional.one_hot(classes, 1008).double() * 50
-    ten = evaluation.score_features(torch.zeros(0, 1), torch.zeros(0, 1), ["is"], fake_logits=confident, is_splits=1)
-    one = evaluation.score_features(
+    ten = metrics.score_features(torch.zeros(0, 1), torch.zeros(0, 1), ["is"], fake_logits=confident, is_splits=1)
+    one = metrics.score_features(
         torch.zeros(0, 1), torch.zeros(0, 1), ["is"], fake_logits=confident[:1].repeat(100, 1), is_splits=1
     )
     assert ten["is"] == pytest.approx(10, rel=1e-3) and one["is"] == pytest.approx(1, rel=1e-3)
@@ -91,15 +92,15 @@ def test_the_inception_score_counts_confident_distinct_classes():
 def test_a_features_only_inception_is_refused_for_the_inception_score():
     network = torch.nn.Module()
     network.fc = torch.nn.Linear(2048, 1008)
-    assert evaluation.classifier_weights(network).shape == (1008, 2048)
+    assert metrics.classifier_weights(network).shape == (1008, 2048)
     torch.nn.init.zeros_(network.fc.weight)
     with pytest.raises(FacesError, match="fc.* are zeros: a features-only copy"):
-        evaluation.classifier_weights(network)
+        metrics.classifier_weights(network)
 
 
 def test_unknown_metrics_and_missing_vgg16_weights_are_one_line(tmp_path):
     with pytest.raises(FacesError, match="--metrics: fidd; choose from fid, kid, precision, recall, is"):
-        evaluation.check_metrics(["fid", "fidd"])
+        metrics.check_metrics(["fid", "fidd"])
     with pytest.raises(FacesError, match="--vgg16-weights .*nowhere.pth is not a file: download"):
         evaluation.VGG16Features(tmp_path / "nowhere.pth")
     not_vgg = tmp_path / "small.pth"
@@ -112,6 +113,7 @@ def test_the_command_prints_a_table_and_writes_json_with_the_protocol(folders, t
     # Inception's weights are a download: the command's network is swapped for the tests'
     monkeypatch.setattr(evaluation, "InceptionFeatures", lambda weights, resize: TextureFeatures())
     monkeypatch.setattr("lightning_faces.tools.check_inception_weights", lambda path, option: path)
+    monkeypatch.setattr(evaluation, "find_vgg16", lambda path: None)  # whatever torch's hub cache holds
     out = tmp_path / "scores.json"
     args = ["evaluate", str(folders["half"]), str(folders["real"]), "--image-size", "32", "--kid-subset-size", "40"]
     main([*args, "--json", str(out), "--device", "cpu"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch.accelerators import CUDAAccelerator
+from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
 
 from lightning_faces import hardware
 from lightning_faces.cli import main
@@ -28,7 +28,8 @@ def cpu(monkeypatch):
 def fit_precision(tmp_path, capsys, *extra: str) -> tuple[str, str]:
     """Trains PLAY_TINY's 4 iterations in this process; the precision it trained in, and stderr."""
     record = tmp_path / "precision.txt"
-    args = ["fit", *PLAY_TINY, "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), *extra]
+    cpu = ["--trainer.accelerator", "cpu"]  # the choice is the CPU's, whatever else the machine has
+    args = ["fit", *PLAY_TINY, *cpu, "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), *extra]
     main([*args, "--trainer.callbacks+=tests.probes.RecordPrecision", "--trainer.callbacks.path", str(record)])
     return record.read_text(), capsys.readouterr().err
 
@@ -45,6 +46,8 @@ def test_fit_trains_in_bf16_on_a_cpu_with_bf16_arithmetic_and_says_why(tmp_path,
     cpu(**flags)
     precision, err = fit_precision(tmp_path, capsys)
     assert precision == chosen
+    saved = next((tmp_path / "runs").rglob("config.yaml")).read_text()
+    assert f"precision: {chosen}" in saved  # the run folder says what it trained in
     said = [line for line in err.splitlines() if line.startswith("trainer.precision")]
     assert len(said) == 1 and said[0].startswith(f"trainer.precision {chosen}: {why}"), err[-2000:]
     assert said[0].endswith("(set trainer.precision to choose)")
@@ -60,9 +63,11 @@ def test_a_precision_the_config_sets_wins_silently(tmp_path, capsys, cpu, settin
 
 def test_no_choice_off_the_cpu(monkeypatch, cpu):
     cpu(avx512_bf16=True)
+    monkeypatch.setattr(MPSAccelerator, "is_available", staticmethod(lambda: False))
     assert hardware.choose_precision("cpu")[0] == "bf16-mixed"
-    assert hardware.choose_precision("auto")[0] == ("bf16-mixed" if hardware.runs_on_cpu("auto") else None)
     assert hardware.choose_precision("gpu") == (None, "Lightning's default off the CPU")
+    monkeypatch.setattr(CUDAAccelerator, "is_available", staticmethod(lambda: False))
+    assert hardware.choose_precision("auto")[0] == "bf16-mixed"  # auto on a machine without a GPU: the CPU
     monkeypatch.setattr(CUDAAccelerator, "is_available", staticmethod(lambda: True))
     assert hardware.choose_precision("auto")[0] is None
 
@@ -72,4 +77,4 @@ def test_cpu_flags_name_the_bf16_arithmetic(cpu):
     flags = hardware.cpu_flags()
     assert flags["amx"] and not flags["avx512_bf16"]
     assert set(flags) == {"avx2", "avx512", "avx512_bf16", "amx"}
-    assert hardware.cpu_model()
+    assert hardware.describe_cpu().endswith("cores, AMX)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +86,9 @@ class FolderFaces(Source):
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         newest = max((p.stat().st_mtime_ns for p in files), default=None)
         described: dict[str, object] = {"folder": str(folder), "crop": self.crop, "files": len(files), "newest": newest}
-        if self.labels_path is not None:  # new labels, a new prepared array
-            stat = self.labels_path.stat()
-            described["labels"] = [str(self.labels_path.resolve()), stat.st_size, stat.st_mtime_ns]
+        if self.labels_path is not None:  # other labels, another prepared array (a flipped 0/1 keeps the size)
+            digest = hashlib.sha256(self.labels_path.read_bytes()).hexdigest()
+            described["labels"] = [str(self.labels_path.resolve()), digest]
         return described
 
 

@@ -35,7 +35,7 @@ class Labels:
             with self.path.open(newline="", encoding="utf-8-sig") as file:  # -sig: Excel's byte-order mark
                 lines = list(csv.reader(file))
         except (OSError, UnicodeDecodeError, csv.Error) as error:
-            raise FacesError(f"cannot read the labels {self.path}: {error}") from error
+            raise FacesError(f"cannot read the labels {self.path} ({error}): save it as a UTF-8 CSV") from error
         header = [cell.strip() for cell in lines[0]] if lines else []
         if len(header) < 2 or not all(header):
             raise FacesError(

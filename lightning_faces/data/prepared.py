@@ -192,12 +192,12 @@ class PreparedImages(Dataset):
 
     @property
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """The images (N, 3, S, S) uint8 and attributes (N, 40), memory-mapped (read-only)."""
+        """The images (N, 3, S, S) uint8 and attributes (N, A), memory-mapped (read-only)."""
         return self._open()
 
     @property
     def attributes(self) -> torch.Tensor:
-        """Every row's 40 attributes, (N, 40), without reading an image."""
+        """Every row's attributes, (N, A), without reading an image."""
         return torch.from_numpy(np.array(self._open()[1]))
 
     def _open(self) -> tuple[np.ndarray, np.ndarray]:
