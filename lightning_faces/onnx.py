@@ -11,7 +11,8 @@ and where the weights came from. The generator is G's average when the checkpoin
     z = np.random.default_rng(0).standard_normal((4, latent_dim), dtype=np.float32)
     images = session.run(None, {"latents": z})[0]  # (4, 3, S, S) in [-1, 1]
 
-It is written by PyTorch's exporter (``torch.onnx.export``, which needs ``onnx`` and
+A growing generator (ProGAN's) is written at its current resolution and fade. It is written by
+PyTorch's exporter (``torch.onnx.export``, which needs ``onnx`` and
 ``onnxscript``: ``pip install "lightning-faces[onnx]"``). A layer the exporter cannot take is
 named in one line.
 """
@@ -45,6 +46,11 @@ class Rendering(nn.Module):
     def __init__(self, generator: FaceGenerator) -> None:
         super().__init__()
         self.network, self.image_size = generator.network, generator.image_size
+        for name in ("level", "alpha"):  # a growing G: its phase as constants (torch.export cannot branch on buffers)
+            value = getattr(self.network, name, None)
+            if isinstance(value, torch.Tensor):
+                delattr(self.network, name)
+                setattr(self.network, name, value.item())
 
     def forward(self, latents: torch.Tensor, attributes: torch.Tensor | None = None) -> torch.Tensor:
         return enlarge(self.network(latents, attributes), self.image_size)

@@ -68,3 +68,28 @@ def test_a_layer_that_does_not_export_is_named(checkpoints, tmp_path):
     message = str(error.value)
     assert message.startswith(f"ONNX export failed at layer {last} (DecidesOnData): ") and "\n" not in message
     assert not (tmp_path / "faces.onnx").exists()
+
+
+NETWORKS = {
+    "R3GAN": {"width": 8, "blocks": 1, "expansion": 1, "group_size": 8},
+    "ResNet": {"width": 8},
+    "Progressive": {"width": 8, "max_channels": 16},
+}
+
+
+@pytest.mark.parametrize(("family", "settings"), NETWORKS.items(), ids=NETWORKS.keys())
+def test_every_network_family_exports(tmp_path, family, settings):
+    from lightning_faces.generator import FaceGenerator
+
+    torch.manual_seed(0)
+    spec = {
+        "class_path": f"lightning_faces.nets.{family}Generator",
+        "init_args": {"latent_dim": 8, "image_size": 16, **settings},
+    }
+    generator = FaceGenerator(spec).eval()
+    out = export_onnx(generator, tmp_path / f"{family}.onnx")
+    latents = torch.randn(3, 8, generator=torch.Generator().manual_seed(3))
+    (images,) = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
+        None, {"latents": latents.numpy()}
+    )
+    assert np.abs(images - generator(latents).numpy()).max() < TOLERANCE
