@@ -66,6 +66,8 @@ PROGRESSIVE_CPU_GROWTH = flags_of(
 ) + ["--model.growth.init_args.reset_optimizers", "false"]
 PROGRESSIVE_SHORT = flags_of({"stable_images": 16000, "fade_images": 16000}, prefix="--model.growth.init_args.")
 
+R3GAN_CPU = ["--config", str(OVERLAYS / "r3gan_cpu.yaml")]
+
 # name -> (config files, overrides): each a shipped YAML as a user would run it; the CPU sizes
 # (image size, widths, batch) and the data come from the command line for all alike
 CANDIDATES: dict[str, tuple[list[str], list[str]]] = {
@@ -92,13 +94,16 @@ CANDIDATES: dict[str, tuple[list[str], list[str]]] = {
     # half the phases' images: 32x32 fully in after 80k images (about 2.5 of 6 CPU minutes)
     "progressive-short": (["progressive.yaml"], [*PROGRESSIVE_CPU, *PROGRESSIVE_CPU_GROWTH, *PROGRESSIVE_SHORT]),
     # R3GAN at CPU sizes (their widths set per resolution, so --width does not apply; see the overlays)
-    "r3gan": (["r3gan.yaml"], ["--config", str(OVERLAYS / "r3gan_cpu.yaml")]),
+    "r3gan": (["r3gan.yaml"], R3GAN_CPU),
     "r3gan-wide": (["r3gan.yaml"], ["--config", str(OVERLAYS / "r3gan_cpu_wide.yaml")]),
-    # ablation: the CPU recipe without R3GAN's networks (DCGAN's, at --width)
-    "r3gan-dcgan-nets": (
-        ["r3gan.yaml"],
-        ["--config", str(OVERLAYS / "r3gan_cpu.yaml"), "--config", str(OVERLAYS / "r3gan_cpu_dcgan_nets.yaml")],
-    ),
+    # ablations, each the CPU recipe without one of its parts: R3GAN's networks (DCGAN's, at
+    # --width), the relativistic loss (the non-saturating one), R1 + R2 (none), the schedules
+    # (each held at its end value), the EMA's ramp
+    "r3gan-dcgan-nets": (["r3gan.yaml"], [*R3GAN_CPU, "--config", str(OVERLAYS / "r3gan_cpu_dcgan_nets.yaml")]),
+    "r3gan-ns": (["r3gan.yaml"], [*R3GAN_CPU, "--model.objective", "lightning_faces.objectives.NonSaturating"]),
+    "r3gan-no-penalties": (["r3gan.yaml"], [*R3GAN_CPU, "--model.d_regularizers", "[]"]),
+    "r3gan-held": (["r3gan.yaml"], [*R3GAN_CPU, "--config", str(OVERLAYS / "r3gan_cpu_held.yaml")]),
+    "r3gan-no-ramp": (["r3gan.yaml"], [*R3GAN_CPU, "--model.ema_ramp", "null"]),
 }
 
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from benchmarks import data, quality, train
@@ -139,3 +140,49 @@ def test_truncation_benchmark_compares_both_ways_and_writes_grids(checkpoints, t
     assert spread[("first block", 0.0)] == 0.0 < spread[("first block", 0.5)] < spread[("first block", 1.0)]
     assert (tmp_path / "first-block.png").is_file() and (tmp_path / "latent.png").is_file()
     assert "| first block | 0.5" in capsys.readouterr().out
+
+
+def printed_model(name, tmp_path, capsys):
+    """The model section `fit` resolves for a quality-benchmark candidate's configs and overrides."""
+    from lightning_faces.cli import main
+
+    files, overrides = quality.CANDIDATES[name]
+    configs = [item for f in files for item in ("--config", str(quality.CONFIGS / f))]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *configs, *overrides, "--data.data_dir", str(tmp_path), "--print_config"])
+    assert exit_info.value.code == 0, name
+    model = yaml.safe_load(capsys.readouterr().out)["model"]
+    return model.get("init_args", model)
+
+
+@pytest.mark.parametrize(
+    "ablation, removed",
+    [
+        ("r3gan-dcgan-nets", {"generator", "discriminator"}),
+        ("r3gan-ns", {"objective"}),
+        ("r3gan-no-penalties", {"d_regularizers"}),
+        ("r3gan-held", {"d_regularizers", "augment", "ema_half_life"}),
+        ("r3gan-no-ramp", {"ema_ramp"}),
+    ],
+)
+def test_each_r3gan_ablation_differs_from_the_cpu_recipe_in_its_one_part(ablation, removed, tmp_path, capsys):
+    recipe = printed_model("r3gan", tmp_path, capsys)
+    model = printed_model(ablation, tmp_path, capsys)
+    assert {key for key in recipe if model.get(key) != recipe[key]} == removed
+    if ablation == "r3gan-ns":
+        assert model["objective"]["class_path"].endswith("NonSaturating")
+    if ablation == "r3gan-no-penalties":
+        assert not model["d_regularizers"]
+    if ablation == "r3gan-no-ramp":
+        assert model["ema_ramp"] is None and recipe["ema_ramp"] == 0.05
+    if ablation == "r3gan-held":  # every schedule of the recipe, held at the value it ends at
+        assert "Cosine" not in yaml.safe_dump(model)
+        held, scheduled = model["d_regularizers"], recipe["d_regularizers"]
+        assert [r["class_path"] for r in held] == [r["class_path"] for r in scheduled]
+        for h, s in zip(held, scheduled, strict=True):
+            assert h["init_args"]["gamma"] == s["init_args"]["gamma"]["init_args"]["end"]
+            assert h["init_args"]["every"] == s["init_args"]["every"]
+        end = recipe["augment"]["init_args"]["probability"]["init_args"]["end"]
+        assert model["augment"]["init_args"]["probability"] == end
+        assert model["augment"]["init_args"]["policy"] == recipe["augment"]["init_args"]["policy"]
+        assert model["ema_half_life"] == recipe["ema_half_life"]["init_args"]["end"]
