@@ -110,8 +110,10 @@ def main(argv: list[str] | None = None) -> dict:
     if not judge.exists():
         steps = ["--trainer.max_steps", str(args.classifier_steps), "--trainer.val_check_interval", "500"]
         run(["fit", *judge_config, *steps, "--trainer.logger.init_args.version", "0"], "attribute classifier")
+    test_metrics = runs / "attribute_classifier" / "test" / "metrics.csv"
+    if not test_metrics.exists():
         run(["test", *judge_config, "--ckpt_path", str(judge), "--trainer.logger.init_args.version", "test"], "test")
-    tested = last_row(runs / "attribute_classifier" / "test" / "metrics.csv", "test/accuracy")
+    tested = last_row(test_metrics, "test/accuracy")
 
     # 2. the conditional GAN and its unconditional twin, equal wall time
     minutes, seconds = int(args.minutes), round((args.minutes % 1) * 60)

@@ -15,4 +15,4 @@ __all__ = [
     "SyntheticFacesDataModule",
     "load_generator",
 ]
-__version__ = "0.5.0"
+__version__ = "0.5.1"

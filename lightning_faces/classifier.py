@@ -57,8 +57,9 @@ class AttributeClassifier(L.LightningModule):
         self.attribute_names = parse_attribute_names(attributes)  # the data checks they exist
         if not self.attribute_names:
             raise FacesError("the attribute classifier needs attributes to predict: set data.attributes (or all)")
-        self.save_hyperparameters({"attributes": list(self.attribute_names)})
-        self.save_hyperparameters("image_size", "width", "lr", "weight_decay")
+        # every argument, and under the CLI its class path: `test --ckpt_path` reads them back
+        self.save_hyperparameters()
+        self.hparams["attributes"] = list(self.attribute_names)  # `all` spelled out
         depth = check_image_size(image_size, "the attribute classifier")
         self.image_size = image_size
         blocks, channels = [], 3

@@ -100,8 +100,14 @@ class FacesCLI(LightningCLI):
         if not path or path in ("last", "best", "hpc", "registry"):  # Lightning's own keywords
             return
         config = self.config[subcommand]
-        if not _is_gan(config.model.class_path):
-            return  # another LightningModule: Lightning's own handling
+        if not _is_gan(config.model.class_path):  # another LightningModule: Lightning's own handling,
+            saved = load_checkpoint(path).get("hyper_parameters") or {}  # which needs the class path
+            if saved and "_class_path" not in saved:
+                raise FacesError(
+                    f"checkpoint {path} does not say which LightningModule saved it (an attribute classifier "
+                    "from before lightning_faces 0.5.1), so its settings cannot be read back: train it again"
+                )
+            return
         hparams = gan_settings(load_checkpoint(path), path)
         if not hparams:
             return

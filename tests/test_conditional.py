@@ -259,3 +259,22 @@ def test_predict_draws_the_attribute_values_asked_for(steered, tmp_path):
     # the judge sees blond hair in most faces asked for it and in few of the others (the same
     # latents; ignoring the request would give the data's rate, about 1 in 4, to both)
     assert seen[1] > 0.6 and seen[1] - seen[0] > 0.5, seen
+
+
+def test_a_trained_judge_is_tested_from_its_checkpoint_and_an_old_one_is_refused_in_one_line(fake_celeba, tmp_path):
+    judge_config = ["--config", str(REPO / "configs" / "attribute_classifier.yaml"),
+                    "--data.data_dir", str(fake_celeba), "--data.image_size", "16", "--data.batch_size", "4",
+                    "--model.width", "4", "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    trained = run_cli(["fit", *judge_config, "--trainer.max_steps", "2"], cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    judge = tmp_path / "runs" / "attribute_classifier" / "version_0" / "checkpoints" / "last.ckpt"
+    # `test` reads the judge's settings (40 attributes, width 4) back from the checkpoint
+    tested = run_cli(["test", *judge_config, "--ckpt_path", str(judge)], cwd=tmp_path)
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    assert "test/accuracy/Eyeglasses" in tested.stdout and "test/accuracy/Young" in tested.stdout
+    old = torch.load(judge, weights_only=True)  # a judge saved before its class path was recorded
+    del old["hyper_parameters"]["_class_path"]
+    torch.save(old, tmp_path / "old-judge.ckpt")
+    refused = run_cli(["test", *judge_config, "--ckpt_path", str(tmp_path / "old-judge.ckpt")], cwd=tmp_path)
+    assert refused.returncode == 2 and "does not say which LightningModule saved it" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
