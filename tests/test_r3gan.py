@@ -107,6 +107,25 @@ def test_one_rpgan_iteration_moves_both_players_as_a_hand_written_rpgan_step(tmp
         assert max(float((a - b).abs().max()) for a, b in pairs) > 1e-3
 
 
+def test_the_recipe_trains_in_bf16_mixed_as_fit_chooses_on_a_cpu_with_bf16(tmp_path):
+    """On a CPU with bf16 arithmetic ``fit`` trains in bf16-mixed unless told otherwise, R3GAN
+    included: R1 and R2's double backward under bf16 autocast must give finite penalties that
+    move D differently from the same steps without them, on fp32 weights."""
+    nets = {"width": 8, "blocks": 1, "expansion": 1, "group_size": 4, "image_size": 16}
+    trained, logs = {}, {}
+    for gamma in (0.0, 10.0):
+        torch.manual_seed(0)
+        model = GAN(R3GANGenerator(latent_dim=8, **nets), R3GANDiscriminator(**nets), objective=RelativisticPairing(),
+                    d_regularizers=[R1(gamma=gamma, every=1), R2(gamma=gamma, every=1)], num_fixed_samples=4)  # fmt: skip
+        trainer = train(tmp_path, model, steps=3, precision="bf16-mixed")
+        trained[gamma] = torch.cat([p.detach().flatten() for p in model.discriminator.parameters()])
+        logs[gamma] = {k: float(v) for k, v in trainer.logged_metrics.items() if k in ("train/d_r1", "train/d_r2")}
+        assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+    assert set(logs[10.0]) == {"train/d_r1", "train/d_r2"}
+    assert all(math.isfinite(v) and v > 0 for v in logs[10.0].values())
+    assert not torch.allclose(trained[0.0], trained[10.0])  # the penalties' gradients reached D
+
+
 def energy_critic(images: torch.Tensor, labels: torch.Tensor | None = None) -> Scores:
     """D(x) = ||x||^2 / 2 per image (+ 10 per attribute switched on): its input gradient is x."""
     logits = images.flatten(1).square().sum(1) / 2
