@@ -150,6 +150,7 @@ def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(tmp_path, fake_c
             "--model.discriminator.init_args.norm": "virtual",
             "--model.vbn_reference_size": 8,
             "--model.ema_decay": 0.9,
+            "--trainer.precision": "32-true",  # the float32 sums below; fit picks bf16 on a bf16 CPU
             "--fid.every_n_steps": 6,
             "--fid.num_samples": 12,
             "--fid.batch_size": 4,
