@@ -104,6 +104,9 @@ CANDIDATES: dict[str, tuple[list[str], list[str]]] = {
     "r3gan-no-penalties": (["r3gan.yaml"], [*R3GAN_CPU, "--model.d_regularizers", "[]"]),
     "r3gan-held": (["r3gan.yaml"], [*R3GAN_CPU, "--config", str(OVERLAYS / "r3gan_cpu_held.yaml")]),
     "r3gan-no-ramp": (["r3gan.yaml"], [*R3GAN_CPU, "--model.ema_ramp", "null"]),
+    # at the longer budget (issue 24): schedules over 600,000 images with the lr decayed, and D twice as wide
+    "r3gan-long": (["r3gan.yaml"], [*R3GAN_CPU, "--config", str(OVERLAYS / "r3gan_cpu_long.yaml")]),
+    "r3gan-wide-d": (["r3gan.yaml"], [*R3GAN_CPU, "--config", str(OVERLAYS / "r3gan_cpu_wide_d.yaml")]),
 }
 
 
