@@ -187,3 +187,30 @@ def test_each_r3gan_ablation_differs_from_the_cpu_recipe_in_its_one_part(ablatio
         assert model["augment"]["init_args"]["probability"] == end
         assert model["augment"]["init_args"]["policy"] == recipe["augment"]["init_args"]["policy"]
         assert model["ema_half_life"] == recipe["ema_half_life"]["init_args"]["end"]
+
+
+def test_the_longer_budget_variants_change_only_what_they_say(tmp_path, capsys):
+    recipe = printed_model("r3gan", tmp_path, capsys)
+    long = printed_model("r3gan-long", tmp_path, capsys)
+    changed = {key for key in recipe if long.get(key) != recipe[key]}
+    assert changed == {"d_regularizers", "augment", "lr", "beta2", "ema_half_life"}
+    spans = [schedule["init_args"]["images"] for schedule in _schedules(long)]
+    assert spans == [600_000] * 6  # R1's and R2's gamma, augmentation, lr, beta2, EMA half-life
+    assert long["lr"]["init_args"]["start"] == recipe["lr"] == 4 * long["lr"]["init_args"]["end"]
+
+    wide = printed_model("r3gan-wide-d", tmp_path, capsys)
+    assert {key for key in recipe if wide.get(key) != recipe[key]} == {"discriminator"}
+    doubled = [2 * w for w in recipe["discriminator"]["init_args"]["widths"]]
+    assert wide["discriminator"]["init_args"]["widths"] == doubled
+    assert wide["generator"] == recipe["generator"]
+
+
+def _schedules(node):
+    """Every schedule (a dict naming lightning_faces.schedules.*) in a printed config."""
+    if isinstance(node, dict):
+        if str(node.get("class_path", "")).startswith("lightning_faces.schedules."):
+            return [node]
+        return [s for value in node.values() for s in _schedules(value)]
+    if isinstance(node, list):
+        return [s for value in node for s in _schedules(value)]
+    return []
