@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -194,7 +195,7 @@ def test_the_longer_budget_variants_change_only_what_they_say(tmp_path, capsys):
     long = printed_model("r3gan-long", tmp_path, capsys)
     changed = {key for key in recipe if long.get(key) != recipe[key]}
     assert changed == {"d_regularizers", "augment", "lr", "beta2", "ema_half_life"}
-    spans = [schedule["init_args"]["images"] for schedule in _schedules(long)]
+    spans = [int(images) for images in re.findall(r"\bimages: (\d+)", yaml.safe_dump(long))]
     assert spans == [600_000] * 6  # R1's and R2's gamma, augmentation, lr, beta2, EMA half-life
     assert long["lr"]["init_args"]["start"] == recipe["lr"] == 4 * long["lr"]["init_args"]["end"]
 
@@ -203,14 +204,3 @@ def test_the_longer_budget_variants_change_only_what_they_say(tmp_path, capsys):
     doubled = [2 * w for w in recipe["discriminator"]["init_args"]["widths"]]
     assert wide["discriminator"]["init_args"]["widths"] == doubled
     assert wide["generator"] == recipe["generator"]
-
-
-def _schedules(node):
-    """Every schedule (a dict naming lightning_faces.schedules.*) in a printed config."""
-    if isinstance(node, dict):
-        if str(node.get("class_path", "")).startswith("lightning_faces.schedules."):
-            return [node]
-        return [s for value in node.values() for s in _schedules(value)]
-    if isinstance(node, list):
-        return [s for value in node for s in _schedules(value)]
-    return []

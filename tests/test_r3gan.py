@@ -117,7 +117,8 @@ def test_the_recipe_trains_in_bf16_mixed_as_fit_chooses_on_a_cpu_with_bf16(tmp_p
         torch.manual_seed(0)
         penalties = [R1(gamma=gamma, every=1), R2(gamma=gamma, every=1)]
         generator, discriminator = R3GANGenerator(latent_dim=8, **nets), R3GANDiscriminator(**nets)
-        model = GAN(generator, discriminator, objective=RelativisticPairing(), d_regularizers=penalties)
+        objective = RelativisticPairing()
+        model = GAN(generator, discriminator, objective=objective, d_regularizers=penalties, num_fixed_samples=4)
         trainer = train(tmp_path, model, steps=3, precision="bf16-mixed")
         trained[gamma] = torch.cat([p.detach().flatten() for p in model.discriminator.parameters()])
         logs[gamma] = {k: float(v) for k, v in trainer.logged_metrics.items() if k in ("train/d_r1", "train/d_r2")}
