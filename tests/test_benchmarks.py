@@ -204,3 +204,14 @@ def test_the_longer_budget_variants_change_only_what_they_say(tmp_path, capsys):
     doubled = [2 * w for w in recipe["discriminator"]["init_args"]["widths"]]
     assert wide["discriminator"]["init_args"]["widths"] == doubled
     assert wide["generator"] == recipe["generator"]
+
+
+def test_the_network_probes_change_one_network_each(tmp_path, capsys):
+    recipe = printed_model("r3gan", tmp_path, capsys)
+    wide = printed_model("r3gan-wide-g", tmp_path, capsys)
+    assert {key for key in recipe if wide.get(key) != recipe[key]} == {"generator"}
+    assert wide["generator"]["init_args"]["widths"] == [128, 64, 32, 16]
+    dcgan_g = printed_model("r3gan-dcgan-g", tmp_path, capsys)
+    assert {key for key in recipe if dcgan_g.get(key) != recipe[key]} == {"generator"}
+    assert dcgan_g["generator"]["class_path"] == "lightning_faces.nets.DCGANGenerator"
+    assert dcgan_g["discriminator"] == recipe["discriminator"]
