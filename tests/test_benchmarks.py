@@ -209,8 +209,10 @@ def test_the_longer_budget_variants_change_only_what_they_say(tmp_path, capsys):
 def test_the_network_probes_change_one_network_each(tmp_path, capsys):
     recipe = printed_model("r3gan", tmp_path, capsys)
     wide = printed_model("r3gan-wide-g", tmp_path, capsys)
-    assert {key for key in recipe if wide.get(key) != recipe[key]} == {"generator"}
+    assert {key for key in recipe if wide.get(key) != recipe[key]} == {"generator", "lr", "g_optimizer", "d_optimizer"}
     assert wide["generator"]["init_args"]["widths"] == [128, 64, 32, 16]
+    assert wide["lr"] is None  # each player's own: G's halved, D's the recipe's
+    assert wide["d_optimizer"]["init_args"]["lr"] == recipe["lr"] == 2 * wide["g_optimizer"]["init_args"]["lr"]
     dcgan_g = printed_model("r3gan-dcgan-g", tmp_path, capsys)
     assert {key for key in recipe if dcgan_g.get(key) != recipe[key]} == {"generator"}
     assert dcgan_g["generator"]["class_path"] == "lightning_faces.nets.DCGANGenerator"
