@@ -107,9 +107,11 @@ CANDIDATES: dict[str, tuple[list[str], list[str]]] = {
     # at the longer budget (issue 24): schedules over 600,000 images with the lr decayed, and D twice as wide
     "r3gan-long": (["r3gan.yaml"], [*R3GAN_CPU, "--config", str(OVERLAYS / "r3gan_cpu_long.yaml")]),
     "r3gan-wide-d": (["r3gan.yaml"], [*R3GAN_CPU, "--config", str(OVERLAYS / "r3gan_cpu_wide_d.yaml")]),
-    # which network narrows the faces (issue 24): G as wide as DCGAN's, and DCGAN's G with R3GAN's D
+    # which network narrows the faces (issue 24): G as wide as DCGAN's, DCGAN's G with R3GAN's D, and
+    # G's stem mapping z to all of its 4x4 features
     "r3gan-wide-g": (["r3gan.yaml"], [*R3GAN_CPU, "--config", str(OVERLAYS / "r3gan_cpu_wide_g.yaml")]),
     "r3gan-dcgan-g": (["r3gan.yaml"], [*R3GAN_CPU, "--config", str(OVERLAYS / "r3gan_cpu_dcgan_g.yaml")]),
+    "r3gan-linear-stem": (["r3gan.yaml"], [*R3GAN_CPU, "--config", str(OVERLAYS / "r3gan_cpu_linear_stem.yaml")]),
 }
 
 

@@ -217,3 +217,6 @@ def test_the_network_probes_change_one_network_each(tmp_path, capsys):
     assert {key for key in recipe if dcgan_g.get(key) != recipe[key]} == {"generator"}
     assert dcgan_g["generator"]["class_path"] == "lightning_faces.nets.DCGANGenerator"
     assert dcgan_g["discriminator"] == recipe["discriminator"]
+    linear = printed_model("r3gan-linear-stem", tmp_path, capsys)
+    assert {key for key in recipe if linear.get(key) != recipe[key]} == {"generator"}
+    assert linear["generator"]["init_args"] == {**recipe["generator"]["init_args"], "stem": "linear"}

@@ -418,3 +418,20 @@ def test_r3gan_widths_can_be_set_per_resolution():
     assert discriminator(generator(torch.randn(2, 64))).logits.shape == (2,)
     with pytest.raises(FacesError, match=r"widths needs one channel count per resolution from 4 to 32 px \(4\), got 3"):
         R3GANGenerator(widths=[64, 32, 16], image_size=32)
+
+
+def test_the_linear_stem_gives_z_every_channel_and_position_of_the_4x4_features():
+    nets = dict(widths=[8, 8, 8, 8], blocks=1, expansion=1, group_size=8, image_size=32)
+    z = torch.randn(100, 64)
+    spans = {}
+    for stem in ("basis", "linear"):
+        generator = R3GANGenerator(stem=stem, **nets)
+        with torch.no_grad():
+            features = generator.stem(z)  # (100, 8, 4, 4); the 4x4 blocks start as the identity
+            assert generator(z).shape == (100, 3, 32, 32)
+            if stem == "linear":  # the basis is the features' mean: what z = 0 makes
+                torch.testing.assert_close(generator.stem(torch.zeros(1, 64))[0], generator.basis)
+        spans[stem] = torch.linalg.matrix_rank(features.flatten(1) - features.flatten(1).mean(0)).item()
+    assert spans == {"basis": 8, "linear": 64}  # one number per channel, against all of z
+    with pytest.raises(FacesError, match="stem must be 'basis' or 'linear', got 'conv'"):
+        R3GANGenerator(stem="conv", **nets)

@@ -14,8 +14,10 @@ the loss is well behaved (``objectives.RelativisticPairing`` with ``regularizers
   step), depthwise; a 1x1 conv changes the width where stages differ (G: before up-sampling,
   D: after down-sampling).
 - **G** starts from a learned 4x4 basis: a linear layer maps z (with the attributes' embedding)
-  to one coefficient per channel of the basis. Its last layer is a 1x1 conv to RGB, no tanh
-  (images are clipped to [-1, 1] only when saved).
+  to one coefficient per channel of the basis (``stem="basis"``; or, ``stem="linear"``, to every
+  channel and position of the 4x4 features, the basis added as their learned mean, as DCGAN's
+  first layer maps z: at CPU widths the paper's stem gives z only 32 numbers). Its last layer is
+  a 1x1 conv to RGB, no tanh (images are clipped to [-1, 1] only when saved).
 - **D** reads the image with a 1x1 conv, and ends at 4x4 in a depthwise 4x4 conv (one weight
   per channel and position, replacing global pooling) and a linear layer to the score.
 
@@ -26,6 +28,7 @@ Widths: ``width`` channels at every resolution up to 32 px, halved at each doubl
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -126,6 +129,8 @@ class R3GANGenerator(nn.Module):
         attributes: attribute names G is conditioned on (linked from ``data.attributes``): their
             values (as +-1) are embedded by a linear layer and concatenated with z.
         embedding: size of the attributes' embedding (the paper: 64).
+        stem: how z makes the 4x4 features: ``basis`` (the paper), one coefficient per channel
+            of a learned 4x4 basis; ``linear``, a value per channel and position, plus the basis.
     """
 
     def __init__(
@@ -139,16 +144,20 @@ class R3GANGenerator(nn.Module):
         widths: list[int] | None = None,
         attributes: list[str] | None = None,
         embedding: int = 64,
+        stem: Literal["basis", "linear"] = "basis",
     ) -> None:
         super().__init__()
+        if stem not in ("basis", "linear"):
+            raise FacesError(f"stem must be 'basis' or 'linear', got {stem!r}")
         stages_widths = stage_widths(width, image_size, widths)
-        self.latent_dim, self.image_size = latent_dim, image_size
+        self.latent_dim, self.image_size, self.stem_kind = latent_dim, image_size, stem
         self.attributes = list(attributes or [])
         total = blocks * len(stages_widths)
         first = stages_widths[4]
         self.embed = he_init(nn.Linear(len(self.attributes), embedding, bias=False), 1.0) if self.attributes else None
         inputs = latent_dim + (embedding if self.attributes else 0)
-        self.coefficients = he_init(nn.Linear(inputs, first, bias=False), 1.0)  # one per basis channel
+        per_sample = first if stem == "basis" else first * 4 * 4  # per channel, or per channel and position
+        self.coefficients = he_init(nn.Linear(inputs, per_sample, bias=False), 1.0)
         self.basis = nn.Parameter(torch.randn(first, 4, 4))
         stages, previous = [], first
         for resolution, channels in stages_widths.items():
@@ -167,10 +176,14 @@ class R3GANGenerator(nn.Module):
         return self.synthesize(self.stem(z, labels))
 
     def stem(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """The 4x4 stage's output (B, C, 4, 4): the basis weighted by z, then the stage's blocks."""
+        """The 4x4 stage's output (B, C, 4, 4): the basis weighted by z (or z's features plus the
+        basis), then the stage's blocks."""
         if self.embed is not None:
             z = torch.cat([z, self.embed(signed(labels, self.attributes, "the generator").to(z.dtype))], dim=1)
-        return self.stages[0](self.basis * self.coefficients(z)[:, :, None, None])
+        coefficients = self.coefficients(z)
+        if self.stem_kind == "basis":
+            return self.stages[0](self.basis * coefficients[:, :, None, None])
+        return self.stages[0](self.basis + coefficients.view(-1, *self.basis.shape))
 
     def synthesize(self, features: torch.Tensor) -> torch.Tensor:
         """``stem``'s output -> images (B, 3, S, S), not clipped."""
