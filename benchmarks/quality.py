@@ -23,6 +23,8 @@ real side of every score) and the rest are the training set. Inception runs once
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import subprocess
 import sys
 import time
@@ -32,6 +34,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader
@@ -39,6 +42,7 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 from benchmarks.common import REPO, repo_env, table, write_json
+from lightning_faces import cli
 from lightning_faces.data import ImageFolder, to_uint8
 from lightning_faces.files import atomic_path
 from lightning_faces.metrics import RESIZES, check_inception_weights, make_fid, real_sample, score_features
@@ -95,6 +99,7 @@ CANDIDATES: dict[str, tuple[list[str], list[str]]] = {
     "progressive-short": (["progressive.yaml"], [*PROGRESSIVE_CPU, *PROGRESSIVE_CPU_GROWTH, *PROGRESSIVE_SHORT]),
     # R3GAN at CPU sizes (their widths set per resolution, so --width does not apply; see the overlays)
     "r3gan": (["r3gan.yaml"], R3GAN_CPU),
+    "r3gan+bf16": (["r3gan.yaml"], [*R3GAN_CPU, "--trainer.precision", "bf16-mixed"]),  # as fit trains on bf16 CPUs
     "r3gan-wide": (["r3gan.yaml"], ["--config", str(OVERLAYS / "r3gan_cpu_wide.yaml")]),
     # ablations, each the CPU recipe without one of its parts: R3GAN's networks (DCGAN's, at
     # --width), the relativistic loss (the non-saturating one), R1 + R2 (none), the schedules
@@ -199,8 +204,7 @@ def train(name: str, seed: int, train_dir: Path, args: argparse.Namespace) -> Pa
     files, overrides = CANDIDATES[name]
     runs = Path(args.work) / "runs"
     width = str(args.width)
-    command = [
-        sys.executable, "-m", "lightning_faces", "fit",
+    fit = [
         *(item for f in files for item in ("--config", str(CONFIGS / f))),
         "--trainer.precision", "32-true",  # fp32 unless a candidate says otherwise, whatever the CPU
         *overrides,
@@ -216,8 +220,14 @@ def train(name: str, seed: int, train_dir: Path, args: argparse.Namespace) -> Pa
     ]  # fmt: skip
     run = runs / name / f"version_{seed}"
     if (run / "checkpoints" / "final.ckpt").exists() and not args.retrain:
+        changed = changed_settings(run, fit)
+        if changed:
+            raise SystemExit(
+                f"{run} was trained with other settings than {name} has now (model: {', '.join(changed)}): "
+                "pass --retrain to train it again, or move the run out of the work folder"
+            )
         return run
-    command += ["--trainer.logger.init_args.version", str(seed)]
+    command = [sys.executable, "-m", "lightning_faces", "fit", *fit, "--trainer.logger.init_args.version", str(seed)]
     env = repo_env()
     started = time.perf_counter()
     result = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -225,6 +235,26 @@ def train(name: str, seed: int, train_dir: Path, args: argparse.Namespace) -> Pa
         raise SystemExit(f"{name} seed {seed} failed:\n{result.stderr[-3000:]}")
     print(f"  {name} seed {seed}: trained {time.perf_counter() - started:.0f} s", flush=True)
     return run
+
+
+def changed_settings(run: Path, fit: list[str]) -> list[str]:
+    """The model settings in which a kept run differs from what the ``fit`` arguments resolve to
+    now (an edited overlay or config changes them without changing the command). The run's saved
+    config is resolved again by today's code, so a setting added since, at its default, is no change."""
+
+    def resolved(arguments: list[str]) -> dict[str, Any]:
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(printed):
+                cli.main(["fit", *arguments, "--print_config"])  # exits, 0 when it printed
+        except SystemExit as exit_info:
+            if exit_info.code:
+                raise SystemExit(f"the settings of {run} do not parse (above): pass --retrain") from None
+        model = yaml.safe_load(printed.getvalue())["model"]
+        return model.get("init_args", model)
+
+    now, saved = resolved(fit), resolved(["--config", str(run / "config.yaml")])
+    return sorted(key for key in now.keys() | saved.keys() if now.get(key) != saved.get(key))
 
 
 def write_overlay(args: argparse.Namespace) -> None:

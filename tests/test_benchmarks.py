@@ -129,6 +129,11 @@ def test_quality_benchmark_trains_each_config_per_seed_and_scores_held_out_image
     assert [(row["config"], row["seed"], row["kid"]) for row in again["runs"]] == [
         (row["config"], row["seed"], row["kid"]) for row in runs
     ]
+    # a candidate whose settings changed since its run (an edited overlay): not scored as if the same
+    monkeypatch.setitem(quality.CANDIDATES, "dcgan", (["dcgan.yaml"], ["--model.ema_decay", "0.99"]))
+    stale = r"dcgan/version_0 was trained with other settings than dcgan has now \(model: ema_decay\): pass --retrain"
+    with pytest.raises(SystemExit, match=stale):
+        quality.main(args)
 
 
 def test_truncation_benchmark_compares_both_ways_and_writes_grids(checkpoints, tmp_path, capsys):
