@@ -223,7 +223,7 @@ def train(name: str, seed: int, train_dir: Path, args: argparse.Namespace) -> Pa
         changed = changed_settings(run, fit)
         if changed:
             raise SystemExit(
-                f"{run} was trained with other settings than {name} has now (model: {', '.join(changed)}): "
+                f"{run} was trained with other settings than {name} has now ({', '.join(changed)}): "
                 "pass --retrain to train it again, or move the run out of the work folder"
             )
         return run
@@ -237,23 +237,44 @@ def train(name: str, seed: int, train_dir: Path, args: argparse.Namespace) -> Pa
     return run
 
 
-def changed_settings(run: Path, fit: list[str]) -> list[str]:
-    """The model settings in which a kept run differs from what the ``fit`` arguments resolve to
-    now (an edited overlay or config changes them without changing the command). The run's saved
-    config is resolved again by today's code, so a setting added since, at its default, is no change."""
+def resolved_config(fit_arguments: list[str]) -> dict[str, Any]:
+    """The config ``fit`` resolves from these arguments, its sections' ``init_args`` unwrapped
+    (``--print_config`` in this process: nothing is built or trained). Raises ``ValueError``
+    (the parser's message on stderr) when they do not parse."""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            cli.main(["fit", *fit_arguments, "--print_config"])
+    except SystemExit as exit_info:  # print_config always exits; 0 once printed
+        if exit_info.code:
+            raise ValueError(f"fit {' '.join(fit_arguments)} does not parse") from None
+    config = yaml.safe_load(printed.getvalue())
+    return {key: value.get("init_args", value) if isinstance(value, dict) else value for key, value in config.items()}
 
-    def resolved(arguments: list[str]) -> dict[str, Any]:
-        printed = io.StringIO()
-        try:
-            with contextlib.redirect_stdout(printed):
-                cli.main(["fit", *arguments, "--print_config"])  # exits, 0 when it printed
-        except SystemExit as exit_info:
-            if exit_info.code:
-                raise SystemExit(f"the settings of {run} do not parse (above): pass --retrain") from None
-        model = yaml.safe_load(printed.getvalue())["model"]
-        return model.get("init_args", model)
 
-    now, saved = resolved(fit), resolved(["--config", str(run / "config.yaml")])
+def changed_settings(run: Path, fit_arguments: list[str]) -> list[str]:
+    """The settings (``section.key``) in which a kept run differs from what ``fit_arguments``
+    resolve to now: an edited overlay or config, or another --minutes, changes them without
+    changing the command. The run's saved config is resolved again by today's code, so a setting
+    added since, at its default, is no change. The logger (the run's folder) is left out."""
+    try:
+        now = resolved_config(fit_arguments)
+    except ValueError as error:
+        raise SystemExit(f"{error}: see the parser's message above") from None
+    try:
+        saved = resolved_config(["--config", str(run / "config.yaml")])
+    except ValueError:
+        raise SystemExit(f"{run}'s saved config does not parse with today's code: pass --retrain") from None
+
+    def flat(config: dict[str, Any]) -> dict[str, Any]:
+        settings = {}
+        for section, value in config.items():
+            items = value.items() if isinstance(value, dict) else [(None, value)]
+            settings.update({section if key is None else f"{section}.{key}": v for key, v in items})
+        settings.pop("trainer.logger", None)
+        return settings
+
+    now, saved = flat(now), flat(saved)
     return sorted(key for key in now.keys() | saved.keys() if now.get(key) != saved.get(key))
 
 

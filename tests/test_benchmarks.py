@@ -131,7 +131,7 @@ def test_quality_benchmark_trains_each_config_per_seed_and_scores_held_out_image
     ]
     # a candidate whose settings changed since its run (an edited overlay): not scored as if the same
     monkeypatch.setitem(quality.CANDIDATES, "dcgan", (["dcgan.yaml"], ["--model.ema_decay", "0.99"]))
-    stale = r"dcgan/version_0 was trained with other settings than dcgan has now \(model: ema_decay\): pass --retrain"
+    stale = r"dcgan/version_0 was trained with other settings than dcgan has now \(model.ema_decay\): pass --retrain"
     with pytest.raises(SystemExit, match=stale):
         quality.main(args)
 
@@ -149,17 +149,11 @@ def test_truncation_benchmark_compares_both_ways_and_writes_grids(checkpoints, t
     assert "| first block | 0.5" in capsys.readouterr().out
 
 
-def printed_model(name, tmp_path, capsys):
+def printed_model(name, tmp_path):
     """The model section `fit` resolves for a quality-benchmark candidate's configs and overrides."""
-    from lightning_faces.cli import main
-
     files, overrides = quality.CANDIDATES[name]
     configs = [item for f in files for item in ("--config", str(quality.CONFIGS / f))]
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", *configs, *overrides, "--data.data_dir", str(tmp_path), "--print_config"])
-    assert exit_info.value.code == 0, name
-    model = yaml.safe_load(capsys.readouterr().out)["model"]
-    return model.get("init_args", model)
+    return quality.resolved_config([*configs, *overrides, "--data.data_dir", str(tmp_path)])["model"]
 
 
 @pytest.mark.parametrize(
@@ -172,9 +166,9 @@ def printed_model(name, tmp_path, capsys):
         ("r3gan-no-ramp", {"ema_ramp"}),
     ],
 )
-def test_each_r3gan_ablation_differs_from_the_cpu_recipe_in_its_one_part(ablation, removed, tmp_path, capsys):
-    recipe = printed_model("r3gan", tmp_path, capsys)
-    model = printed_model(ablation, tmp_path, capsys)
+def test_each_r3gan_ablation_differs_from_the_cpu_recipe_in_its_one_part(ablation, removed, tmp_path):
+    recipe = printed_model("r3gan", tmp_path)
+    model = printed_model(ablation, tmp_path)
     assert {key for key in recipe if model.get(key) != recipe[key]} == removed
     if ablation == "r3gan-ns":
         assert model["objective"]["class_path"].endswith("NonSaturating")
@@ -195,33 +189,33 @@ def test_each_r3gan_ablation_differs_from_the_cpu_recipe_in_its_one_part(ablatio
         assert model["ema_half_life"] == recipe["ema_half_life"]["init_args"]["end"]
 
 
-def test_the_longer_budget_variants_change_only_what_they_say(tmp_path, capsys):
-    recipe = printed_model("r3gan", tmp_path, capsys)
-    long = printed_model("r3gan-long", tmp_path, capsys)
+def test_the_longer_budget_variants_change_only_what_they_say(tmp_path):
+    recipe = printed_model("r3gan", tmp_path)
+    long = printed_model("r3gan-long", tmp_path)
     changed = {key for key in recipe if long.get(key) != recipe[key]}
     assert changed == {"d_regularizers", "augment", "lr", "beta2", "ema_half_life"}
     spans = [int(images) for images in re.findall(r"\bimages: (\d+)", yaml.safe_dump(long))]
     assert spans == [600_000] * 6  # R1's and R2's gamma, augmentation, lr, beta2, EMA half-life
     assert long["lr"]["init_args"]["start"] == recipe["lr"] == 4 * long["lr"]["init_args"]["end"]
 
-    wide = printed_model("r3gan-wide-d", tmp_path, capsys)
+    wide = printed_model("r3gan-wide-d", tmp_path)
     assert {key for key in recipe if wide.get(key) != recipe[key]} == {"discriminator"}
     doubled = [2 * w for w in recipe["discriminator"]["init_args"]["widths"]]
     assert wide["discriminator"]["init_args"]["widths"] == doubled
     assert wide["generator"] == recipe["generator"]
 
 
-def test_the_network_probes_change_one_network_each(tmp_path, capsys):
-    recipe = printed_model("r3gan", tmp_path, capsys)
-    wide = printed_model("r3gan-wide-g", tmp_path, capsys)
+def test_the_network_probes_change_one_network_each(tmp_path):
+    recipe = printed_model("r3gan", tmp_path)
+    wide = printed_model("r3gan-wide-g", tmp_path)
     assert {key for key in recipe if wide.get(key) != recipe[key]} == {"generator", "lr", "g_optimizer", "d_optimizer"}
     assert wide["generator"]["init_args"]["widths"] == [128, 64, 32, 16]
     assert wide["lr"] is None  # each player's own: G's halved, D's the recipe's
     assert wide["d_optimizer"]["init_args"]["lr"] == recipe["lr"] == 2 * wide["g_optimizer"]["init_args"]["lr"]
-    dcgan_g = printed_model("r3gan-dcgan-g", tmp_path, capsys)
+    dcgan_g = printed_model("r3gan-dcgan-g", tmp_path)
     assert {key for key in recipe if dcgan_g.get(key) != recipe[key]} == {"generator"}
     assert dcgan_g["generator"]["class_path"] == "lightning_faces.nets.DCGANGenerator"
     assert dcgan_g["discriminator"] == recipe["discriminator"]
-    linear = printed_model("r3gan-linear-stem", tmp_path, capsys)
+    linear = printed_model("r3gan-linear-stem", tmp_path)
     assert {key for key in recipe if linear.get(key) != recipe[key]} == {"generator"}
     assert linear["generator"]["init_args"] == {**recipe["generator"]["init_args"], "stem": "linear"}

@@ -16,7 +16,7 @@ the loss is well behaved (``objectives.RelativisticPairing`` with ``regularizers
 - **G** starts from a learned 4x4 basis: a linear layer maps z (with the attributes' embedding)
   to one coefficient per channel of the basis (``stem="basis"``; or, ``stem="linear"``, to every
   channel and position of the 4x4 features, the basis added as their learned mean, as DCGAN's
-  first layer maps z: at CPU widths the paper's stem gives z only 32 numbers). Its last layer is
+  first layer maps z: in a narrow G the paper's stem gives z few numbers). Its last layer is
   a 1x1 conv to RGB, no tanh (images are clipped to [-1, 1] only when saved).
 - **D** reads the image with a 1x1 conv, and ends at 4x4 in a depthwise 4x4 conv (one weight
   per channel and position, replacing global pooling) and a linear layer to the score.
