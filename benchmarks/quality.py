@@ -28,6 +28,7 @@ import io
 import subprocess
 import sys
 import time
+import warnings
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -243,7 +244,8 @@ def resolved_config(fit_arguments: list[str]) -> dict[str, Any]:
     (the parser's message on stderr) when they do not parse."""
     printed = io.StringIO()
     try:
-        with contextlib.redirect_stdout(printed):
+        with contextlib.redirect_stdout(printed), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # LightningCLI's: args given while sys.argv has the benchmark's
             cli.main(["fit", *fit_arguments, "--print_config"])
     except SystemExit as exit_info:  # print_config always exits; 0 once printed
         if exit_info.code:
@@ -256,7 +258,8 @@ def changed_settings(run: Path, fit_arguments: list[str]) -> list[str]:
     """The settings (``section.key``) in which a kept run differs from what ``fit_arguments``
     resolve to now: an edited overlay or config, or another --minutes, changes them without
     changing the command. The run's saved config is resolved again by today's code, so a setting
-    added since, at its default, is no change. The logger (the run's folder) is left out."""
+    added since, at its default, is no change. Compared: the model, data, trainer (but its logger,
+    the run's folder) and seed; not what only the saved copy records (``weights_only``)."""
     try:
         now = resolved_config(fit_arguments)
     except ValueError as error:
@@ -266,12 +269,11 @@ def changed_settings(run: Path, fit_arguments: list[str]) -> list[str]:
     except ValueError:
         raise SystemExit(f"{run}'s saved config does not parse with today's code: pass --retrain") from None
 
-    def flat(config: dict[str, Any]) -> dict[str, Any]:
-        settings = {}
-        for section, value in config.items():
-            items = value.items() if isinstance(value, dict) else [(None, value)]
-            settings.update({section if key is None else f"{section}.{key}": v for key, v in items})
-        settings.pop("trainer.logger", None)
+    def flat(config: dict[str, Any]) -> dict[str, Any]:  # what trains: the model, data, trainer and seed
+        settings = {"seed_everything": config.get("seed_everything")}
+        for section in ("model", "data", "trainer"):
+            settings.update({f"{section}.{key}": value for key, value in config[section].items()})
+        settings.pop("trainer.logger")
         return settings
 
     now, saved = flat(now), flat(saved)
