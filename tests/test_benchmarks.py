@@ -205,7 +205,7 @@ def test_the_longer_budget_variants_change_only_what_they_say(tmp_path):
     assert wide["generator"] == recipe["generator"]
 
 
-def test_the_network_probes_change_one_network_each(tmp_path):
+def test_the_g_probes_change_g_and_only_what_they_say(tmp_path):
     recipe = printed_model("r3gan", tmp_path)
     wide = printed_model("r3gan-wide-g", tmp_path)
     assert {key for key in recipe if wide.get(key) != recipe[key]} == {"generator", "lr", "g_optimizer", "d_optimizer"}
