@@ -100,7 +100,7 @@ CANDIDATES: dict[str, tuple[list[str], list[str]]] = {
     "progressive-short": (["progressive.yaml"], [*PROGRESSIVE_CPU, *PROGRESSIVE_CPU_GROWTH, *PROGRESSIVE_SHORT]),
     # R3GAN at CPU sizes (their widths set per resolution, so --width does not apply; see the overlays)
     "r3gan": (["r3gan.yaml"], R3GAN_CPU),
-    "r3gan+bf16": (["r3gan.yaml"], [*R3GAN_CPU, "--trainer.precision", "bf16-mixed"]),  # as fit trains on bf16 CPUs
+    "r3gan+bf16": (["r3gan.yaml"], [*R3GAN_CPU, "--trainer.precision", "bf16-mixed"]),  # fit's choice on a bf16 CPU
     "r3gan-wide": (["r3gan.yaml"], ["--config", str(OVERLAYS / "r3gan_cpu_wide.yaml")]),
     # ablations, each the CPU recipe without one of its parts: R3GAN's networks (DCGAN's, at
     # --width), the relativistic loss (the non-saturating one), R1 + R2 (none), the schedules

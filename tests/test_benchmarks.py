@@ -156,6 +156,13 @@ def printed_model(name, tmp_path):
     return quality.resolved_config([*configs, *overrides, "--data.data_dir", str(tmp_path)])["model"]
 
 
+def test_r3gan_at_cpu_size_trains_in_fp32_where_fit_would_choose_bf16(tmp_path):
+    """bf16 trains R3GAN's grouped convolutions slower than fp32 on a bf16 CPU: the CPU overlay says 32-true."""
+    args = ["--config", str(quality.CONFIGS / "r3gan.yaml"), "--data.data_dir", str(tmp_path)]
+    assert quality.resolved_config(args)["trainer"]["precision"] is None  # unset: fit chooses
+    assert quality.resolved_config([*args, *quality.R3GAN_CPU])["trainer"]["precision"] == "32-true"
+
+
 @pytest.mark.parametrize(
     "ablation, removed",
     [
