@@ -157,7 +157,7 @@ def printed_model(name, tmp_path):
 
 
 def test_r3gan_at_cpu_size_trains_in_fp32_where_fit_would_choose_bf16(tmp_path):
-    """bf16 trains R3GAN's grouped convolutions slower than fp32 on a bf16 CPU: the CPU overlay says 32-true."""
+    """bf16 trains the CPU recipe slower than fp32 even on a bf16 CPU: its overlay says 32-true."""
     args = ["--config", str(quality.CONFIGS / "r3gan.yaml"), "--data.data_dir", str(tmp_path)]
     assert quality.resolved_config(args)["trainer"]["precision"] is None  # unset: fit chooses
     assert quality.resolved_config([*args, *quality.R3GAN_CPU])["trainer"]["precision"] == "32-true"
